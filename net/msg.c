@@ -19,7 +19,7 @@
 
 #include "apprentice/base.h"
 #include "apprentice/msg.h"
-#include "apprentice.pb-c.h"
+#include "proto/apprentice.pb-c.h"
 
 /* A log-prob computed in float may round a hair above 0; anything beyond this is a bug. */
 #define S_LOGPROB_TOL 1e-3f
