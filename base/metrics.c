@@ -62,7 +62,7 @@ int ap_metrics_end(ap_metrics_t *m) {
     AP_ASSERT(m->record);
     int rc = 0;
     if (m->fd >= 0) {
-        char *line = json_dumps(m->record, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+        char *line = json_dumps(m->record, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
         size_t n = strlen(line);
         line = ap_realloc(line, n + 2);
         line[n++] = '\n';

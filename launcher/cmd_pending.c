@@ -9,8 +9,6 @@ static int s_pending(const char *name) {
     return 1;
 }
 
-int ap_cmd_launch(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
-int ap_cmd_plot(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
 int ap_cmd_actor(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
 int ap_cmd_teacher(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
 int ap_cmd_buffer(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }

@@ -92,9 +92,9 @@ static int s_check_scalar(const char *origin, const char *key, const yaml_node_t
         return 0;
     }
     case CYAML_FLOAT: {
-        double x = strtod(s, &end);
-        if (!*s || *end || errno || !isfinite(x))
-            return ap_err("%s: %s: '%s' is not a finite number", where, key, s);
+        double x = strtod(s, &end); /* "inf" is allowed: options like clip_token_kl use it as off */
+        if (!*s || *end || errno || isnan(x))
+            return ap_err("%s: %s: '%s' is not a number", where, key, s);
         return 0;
     }
     case CYAML_BOOL: {
@@ -359,9 +359,12 @@ static void s_put_scalar(s_buf_t *b, const cyaml_schema_value_t *v, const char *
         if (v->data_size == 4) { float y; memcpy(&y, p, 4); s_put(b, "%.9g", (double)y); }
         else { double y; memcpy(&y, p, 8); s_put(b, "%.12g", y); }
         break;
-    case CYAML_BOOL:
-        s_put(b, "%s", *(const bool *)p ? "true" : "false");
+    case CYAML_BOOL: {
+        int64_t x = 0;
+        memcpy(&x, p, AP_MIN(v->data_size, sizeof x));
+        s_put(b, "%s", x ? "true" : "false");
         break;
+    }
     case CYAML_ENUM: {
         int x;
         memcpy(&x, p, sizeof x);

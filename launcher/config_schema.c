@@ -142,11 +142,60 @@ static const cyaml_schema_field_t s_sft[] = {
     F_BOOL("tie_embeddings", ap_sft_cfg_t, tie_embeddings),
     CYAML_FIELD_END};
 
+/* objective.<name>: options flat, as ALGORITHMS.md names them (objective.grpo.eps_high). */
+static const cyaml_strval_t s_supports[] = {{"auto", AP_SUPPORT_AUTO},
+                                            {"full", AP_SUPPORT_FULL},
+                                            {"topk", AP_SUPPORT_TOPK},
+                                            {"topk_tail", AP_SUPPORT_TOPK_TAIL}};
+static const cyaml_strval_t s_reduces[] = {{"token_mean", AP_REDUCE_TOKEN_MEAN},
+                                           {"seq_mean", AP_REDUCE_SEQ_MEAN},
+                                           {"const", AP_REDUCE_CONST}};
+static const cyaml_strval_t s_scales[] = {{"group", AP_SCALE_GROUP}, {"none", AP_SCALE_NONE}};
+static const cyaml_strval_t s_adv_from[] = {{"current", 0}, {"behavior", 1}};
+
+#define S_COMMON(S)                                                                                \
+    F_BOOL("enabled", S, c.enabled), F_DBL("weight", S, c.weight),                                 \
+        F_ENUM("reduce", S, c.reduce, s_reduces), F_INT("max_new_tokens", S, c.max_new_tokens)
+#define S_PG(S)                                                                                    \
+    F_BOOL("clip", S, pg.clip), F_DBL("eps_low", S, pg.eps_low),                                   \
+        F_DBL("eps_high", S, pg.eps_high), F_DBL("dual_clip", S, pg.dual_clip),                    \
+        F_DBL("max_is_ratio", S, pg.max_is_ratio)
+
+static const cyaml_schema_field_t s_gkd[] = {
+    S_COMMON(ap_gkd_config_t), F_DBL("beta", ap_gkd_config_t, beta),
+    F_DBL("tau", ap_gkd_config_t, tau), F_ENUM("support", ap_gkd_config_t, support, s_supports),
+    F_DBL("clip_token_kl", ap_gkd_config_t, clip_token_kl), CYAML_FIELD_END};
+static const cyaml_schema_field_t s_opd[] = {
+    S_COMMON(ap_opd_config_t), S_PG(ap_opd_config_t),
+    F_DBL("kl_coef", ap_opd_config_t, kl_coef),
+    F_ENUM("advantage_from", ap_opd_config_t, advantage_from_behavior, s_adv_from),
+    F_DBL("floor_lambda", ap_opd_config_t, floor_lambda), CYAML_FIELD_END};
+static const cyaml_schema_field_t s_grpo[] = {
+    S_COMMON(ap_grpo_config_t), S_PG(ap_grpo_config_t),
+    F_ENUM("scale_rewards", ap_grpo_config_t, scale_rewards, s_scales),
+    F_DBL("kl_ref", ap_grpo_config_t, kl_ref),
+    F_BOOL("dynamic_sampling", ap_grpo_config_t, dynamic_sampling), CYAML_FIELD_END};
+static const cyaml_schema_field_t s_opsd[] = {
+    S_COMMON(ap_opsd_config_t), F_DBL("beta", ap_opsd_config_t, beta),
+    F_DBL("tau", ap_opsd_config_t, tau), F_ENUM("support", ap_opsd_config_t, support, s_supports),
+    F_DBL("clip_token_kl", ap_opsd_config_t, clip_token_kl), CYAML_FIELD_END};
+static const cyaml_schema_field_t s_srpo[] = {
+    S_COMMON(ap_srpo_config_t), S_PG(ap_srpo_config_t),
+    F_ENUM("scale_rewards", ap_srpo_config_t, scale_rewards, s_scales),
+    F_DBL("beta_H", ap_srpo_config_t, beta_H),
+    F_ENUM("support", ap_srpo_config_t, support, s_supports), CYAML_FIELD_END};
+static const cyaml_schema_field_t s_objective[] = {
+    F_MAP("gkd", ap_obj_config_t, gkd, s_gkd),    F_MAP("opd", ap_obj_config_t, opd, s_opd),
+    F_MAP("grpo", ap_obj_config_t, grpo, s_grpo), F_MAP("opsd", ap_obj_config_t, opsd, s_opsd),
+    F_MAP("srpo", ap_obj_config_t, srpo, s_srpo),
+    F_BOOL("monitors", ap_obj_config_t, monitors), CYAML_FIELD_END};
+
 static const cyaml_schema_field_t s_top[] = {
     F_MAP("run", ap_config_t, run, s_run),
     F_MAP("model", ap_config_t, model, s_model),
     F_MAP("sampling", ap_config_t, sampling, s_sampling),
     F_MAP("batch", ap_config_t, batch, s_batch),
+    F_MAP("objective", ap_config_t, objective, s_objective),
     F_MAP("optimizer", ap_config_t, optimizer, s_optimizer),
     F_MAP("learner", ap_config_t, learner, s_learner),
     F_MAP("buffer", ap_config_t, buffer, s_buffer),
@@ -172,6 +221,7 @@ void ap_config_defaults(ap_config_t *c) {
     c->sampling = (ap_sampling_cfg_t){.temperature = 1.0, .top_k = 0, .top_p = 1.0,
                                       .max_new_tokens = 16, .group_size = 8};
     c->batch = (ap_batch_cfg_t){.size = 32, .on_policy_fraction = 1.0, .micro_batch = 0};
+    ap_obj_config_defaults(&c->objective);
     c->optimizer = (ap_optimizer_cfg_t){.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
                                         .weight_decay = 0.0, .grad_clip = 1.0, .warmup_steps = 0,
                                         .schedule = AP_SCHEDULE_COSINE, .min_lr_ratio = 0.1};
@@ -237,6 +287,13 @@ int ap_config_validate(const ap_config_t *c, const char *origin) {
               "batch.size", "must hold at least one group of sampling.group_size = %d",
               c->sampling.group_size);
     S_REQUIRE(c->batch.micro_batch >= 0, "batch.micro_batch", "must not be negative");
+    if (c->objective.gkd.c.enabled || c->objective.opd.c.enabled || c->objective.grpo.c.enabled ||
+        c->objective.opsd.c.enabled || c->objective.srpo.c.enabled) {
+        ap_obj_config_t oc = c->objective;
+        oc.sampling_tau = c->sampling.temperature;
+        oc.full_vocab_max = c->teacher.full_vocab_max;
+        if (ap_obj_config_validate(&oc) < 0) return ap_err("%s: objective: %s", origin, ap_errmsg());
+    }
     S_REQUIRE(c->optimizer.lr > 0, "optimizer.lr", "must be positive");
     S_REQUIRE(c->optimizer.beta1 >= 0 && c->optimizer.beta1 < 1, "optimizer.beta1",
               "must be in [0, 1)");

@@ -79,7 +79,7 @@ static void s_refusals(void) {
     s_refused("unknown_top", "bogus: 1\n", "bogus", "unknown key");
     s_refused("unknown_nested", "run:\n  name: a\n  max_step: 3\n", "run.max_step", ":3:");
     s_refused("not_int", "run:\n  max_steps: 3x\n", "run.max_steps", "not an integer");
-    s_refused("not_number", "sampling:\n  temperature: hot\n", "sampling.temperature", "number");
+    s_refused("not_number", "sampling:\n  temperature: hot\n", "sampling.temperature", "not a number");
     s_refused("not_bool", "run:\n  sync: maybe\n", "run.sync", "boolean");
     s_refused("bad_enum", "optimizer:\n  schedule: linear\n", "optimizer.schedule", "cosine");
     s_refused("range", "sampling:\n  temperature: 0\n", "sampling.temperature", "positive");

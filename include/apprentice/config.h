@@ -19,8 +19,10 @@
 #define APPRENTICE_CONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
-/* AP_CONFIG_PENDING: task and objective sections join when their modules land */
+#include "apprentice/objectives.h"
+/* AP_CONFIG_PENDING: the task section joins when its module lands */
 
 typedef struct {
     char *name;         /* run name: the run directory is <dir>/<name> */
@@ -153,6 +155,7 @@ typedef struct ap_config {
     ap_models_cfg_t model;
     ap_sampling_cfg_t sampling;
     ap_batch_cfg_t batch;
+    ap_obj_config_t objective; /* the learner's objectives (learner/, docs/OBJECTIVES.md) */
     ap_optimizer_cfg_t optimizer;
     ap_learner_cfg_t learner;
     ap_buffer_cfg_t buffer;
