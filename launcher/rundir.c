@@ -120,7 +120,7 @@ int ap_rundir_set_latest(const char *dir, long step, int keep) {
     return 0;
 }
 
-int ap_role_open(ap_role_t *r, const char *dir, const char *role, int id) {
+int ap_proc_open(ap_proc_t *r, const char *dir, const char *role, int id) {
     memset(r, 0, sizeof *r);
     r->role = role;
     r->id = id;
@@ -134,14 +134,14 @@ int ap_role_open(ap_role_t *r, const char *dir, const char *role, int id) {
     r->metrics = ap_metrics_open(mpath, role, id);
     free(mpath);
     if (!r->metrics) {
-        ap_role_close(r);
+        ap_proc_close(r);
         return -1;
     }
     ap_blas_set_threads(r->cfg->model.blas_threads);
     return 0;
 }
 
-void ap_role_close(ap_role_t *r) {
+void ap_proc_close(ap_proc_t *r) {
     ap_metrics_close(&r->metrics);
     ap_config_destroy(&r->cfg);
     free(r->dir);

@@ -12,10 +12,10 @@
  *   runs/NAME/plots/             apprentice plot output
  *
  * Usage (a role's main):
- *   ap_role_t r;
- *   if (ap_role_open(&r, run_dir, "actor", id) < 0) { fprintf(stderr, "%s\n", ap_errmsg()); return 1; }
+ *   ap_proc_t r;
+ *   if (ap_proc_open(&r, run_dir, "actor", id) < 0) { fprintf(stderr, "%s\n", ap_errmsg()); return 1; }
  *   ... r.cfg, r.metrics, r.dir ...
- *   ap_role_close(&r);
+ *   ap_proc_close(&r);
  */
 #ifndef APPRENTICE_RUNDIR_H
 #define APPRENTICE_RUNDIR_H
@@ -45,11 +45,11 @@ typedef struct {
     const char *role;      /* "learner", "actor", ... (static string) */
     int id;                /* instance id within the role */
     ap_metrics_t *metrics; /* this process's metrics file (a discarding sink without dir) */
-} ap_role_t;
+} ap_proc_t;
 
 /* Load <dir>/config.yaml, set the log prefix to role[id], open metrics/<role>-<id>.jsonl, and set
  * the process's OpenBLAS threads (model.blas_threads). 0 / -1 with ap_err. */
-int ap_role_open(ap_role_t *r, const char *dir, const char *role, int id);
-void ap_role_close(ap_role_t *r);
+int ap_proc_open(ap_proc_t *r, const char *dir, const char *role, int id);
+void ap_proc_close(ap_proc_t *r);
 
 #endif
