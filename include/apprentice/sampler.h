@@ -88,7 +88,7 @@ int ap_kv_forward(ap_kv_t *kv, float *logits, const int *slots, const int32_t *t
  * (eos < 0: never) or at the cache's max_len. One batched pass: prefill of every distinct
  * prompt, then one-token decode steps over the still-active sequences (finished ones drop out).
  * out[S] receives the completions (borrowed from kv). 0, or -1 with ap_err on bad prompts
- * (token out of range, empty, longer than max_len - 1), bad parameters, or non-finite logits. */
+ * (token out of range, empty, longer than max_len), bad parameters, or non-finite logits. */
 int ap_generate(ap_kv_t *kv, ap_completion_t *out, const int32_t *const *prompts,
                 const int *prompt_lens, int S, int max_new, int32_t eos, const ap_sampling_t *sp,
                 ap_rng_t *rng);

@@ -1,0 +1,326 @@
+/* kv.c: KV-cached inference for a batch of sequences, and ap_generate (sampler.h).
+ *
+ * One code path serves prefill and decode: a call feeds "rows" (slot, token), each at the next
+ * position of its slot; all rows of a call go through every projection as one GEMM (rows of
+ * different sequences share the weights' trip through the cache), RoPE'd keys and values are
+ * written into the slot's cache, then each row attends over its own slot's cache up to its
+ * position (a vectorised dot-product / axpy loop per head). Batch-1 decode takes the sgemv
+ * path of the BLAS wrapper. ap_generate prefills every distinct prompt once (copies the cache
+ * to identical prompts), then decodes one token per active sequence per step, compacting the
+ * active set as sequences finish.
+ *
+ * Cache layout: k, v [L][S][max_len][KV*hd]. Scratch is sized for kv->R rows per chunk. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "apprentice/base.h"
+#include "apprentice/blas.h"
+#include "apprentice/kernels.h"
+#include "apprentice/sampler.h"
+#include "model/model_impl.h"
+
+struct ap_kv {
+    const ap_model_t *m;
+    int S, maxlen, R; /* slots, positions per slot, rows per chunk */
+    int *len;         /* [S] positions cached */
+    float *k, *v;     /* [L, S, maxlen, KV*hd] */
+    /* per-chunk scratch, R rows */
+    int *slot, *pos;                     /* [R] */
+    float *x, *a, *rstd, *qkv, *ao, *gu, *act, *sc; /* sc: [maxlen] attention scores */
+    float *logits;                       /* [R, V] */
+    float *work;                         /* sampler scratch */
+    /* ap_generate's results */
+    int32_t *out_tok;
+    float *out_lp;
+    size_t out_cap; /* per-sequence capacity * S */
+    int *active;    /* [S] */
+};
+
+static size_t s_kvd(const ap_model_t *m) { return (size_t)m->KV * m->hd; }
+
+static float *s_cache(const ap_kv_t *kv, float *base, int l, int slot, int pos) {
+    return base + (((size_t)l * kv->S + slot) * kv->maxlen + pos) * s_kvd(kv->m);
+}
+
+ap_kv_t *ap_kv_new(const ap_model_t *m, int max_seqs, int max_len) {
+    AP_ASSERT(max_seqs >= 1 && max_len >= 1);
+    AP_ASSERTF(max_len <= m->cfg.max_positions, "KV cache of %d positions > max_positions %d",
+               max_len, m->cfg.max_positions);
+    ap_kv_t *kv = ap_calloc(1, sizeof *kv);
+    kv->m = m;
+    kv->S = max_seqs, kv->maxlen = max_len;
+    kv->R = AP_MAX(max_seqs, 128);
+    size_t R = (size_t)kv->R, D = (size_t)m->D, cache = (size_t)m->L * max_seqs * max_len * s_kvd(m);
+    kv->len = ap_calloc((size_t)max_seqs, sizeof *kv->len);
+    kv->k = ap_alloc_aligned(cache * sizeof(float));
+    kv->v = ap_alloc_aligned(cache * sizeof(float));
+    kv->slot = ap_malloc(R * sizeof *kv->slot);
+    kv->pos = ap_malloc(R * sizeof *kv->pos);
+    kv->x = ap_alloc_aligned(R * D * sizeof(float));
+    kv->a = ap_alloc_aligned(R * D * sizeof(float));
+    kv->rstd = ap_alloc_aligned(R * sizeof(float));
+    kv->qkv = ap_alloc_aligned(R * m->QKV * sizeof(float));
+    kv->ao = ap_alloc_aligned(R * D * sizeof(float));
+    kv->gu = ap_alloc_aligned(R * 2 * m->F * sizeof(float));
+    kv->act = ap_alloc_aligned(R * m->F * sizeof(float));
+    kv->sc = ap_alloc_aligned((size_t)max_len * sizeof(float));
+    kv->logits = ap_alloc_aligned(R * m->V * sizeof(float));
+    kv->work = ap_malloc(ap_sample_work_floats(m->V) * sizeof(float));
+    kv->active = ap_malloc((size_t)max_seqs * sizeof *kv->active);
+    return kv;
+}
+
+void ap_kv_destroy(ap_kv_t **kvp) {
+    if (!kvp || !*kvp) return;
+    ap_kv_t *kv = *kvp;
+    free(kv->len), free(kv->k), free(kv->v), free(kv->slot), free(kv->pos);
+    free(kv->x), free(kv->a), free(kv->rstd), free(kv->qkv), free(kv->ao), free(kv->gu);
+    free(kv->act), free(kv->sc), free(kv->logits), free(kv->work);
+    free(kv->out_tok), free(kv->out_lp), free(kv->active);
+    free(kv);
+    *kvp = NULL;
+}
+
+void ap_kv_clear(ap_kv_t *kv) { memset(kv->len, 0, (size_t)kv->S * sizeof *kv->len); }
+
+int ap_kv_len(const ap_kv_t *kv, int slot) {
+    AP_ASSERT(slot >= 0 && slot < kv->S);
+    return kv->len[slot];
+}
+
+int ap_kv_max_seqs(const ap_kv_t *kv) { return kv->S; }
+int ap_kv_max_len(const ap_kv_t *kv) { return kv->maxlen; }
+
+/* One row's attention, all heads: q [H*hd] at position pos of `slot` over cache[0..pos]. */
+static void s_attend(const ap_kv_t *kv, float *out, const float *q, int l, int slot, int pos) {
+    const ap_model_t *m = kv->m;
+    int hd = m->hd, group = m->H / m->KV, n = pos + 1;
+    size_t kvd = s_kvd(m);
+    const float *K = s_cache(kv, kv->k, l, slot, 0), *V = s_cache(kv, kv->v, l, slot, 0);
+    float scale = 1.0f / sqrtf((float)hd), *sc = kv->sc;
+    for (int h = 0; h < m->H; h++) {
+        const float *qh = q + (size_t)h * hd;
+        size_t go = (size_t)(h / group) * hd;
+        float mx = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            const float *kj = K + j * kvd + go;
+            float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+            for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
+            sc[j] = d * scale;
+            mx = fmaxf(mx, sc[j]);
+        }
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < n; j++) {
+            sc[j] = ap_expf(sc[j] - mx);
+            sum += sc[j];
+        }
+        float inv = 1.0f / sum, *o = out + (size_t)h * hd;
+        memset(o, 0, (size_t)hd * sizeof *o);
+        for (int j = 0; j < n; j++) {
+            const float *vj = V + j * kvd + go;
+            float p = sc[j] * inv;
+#pragma omp simd
+            for (int i = 0; i < hd; i++) o[i] += p * vj[i];
+        }
+    }
+}
+
+/* Feed n <= R rows (already validated; kv->len not yet advanced). Logits of rows with
+ * want[r] (want NULL: all) are written, compacted in row order, to `logits`. */
+static void s_chunk(ap_kv_t *kv, float *logits, const int *slots, const int32_t *tokens, int n,
+                    const unsigned char *want) {
+    const ap_model_t *m = kv->m;
+    const float *P = m->params;
+    int D = m->D, hd = m->hd, QKV = m->QKV, half = hd / 2;
+    size_t kvd = s_kvd(m);
+    for (int r = 0; r < n; r++) {
+        kv->slot[r] = slots[r];
+        kv->pos[r] = kv->len[slots[r]]++;
+        memcpy(kv->x + (size_t)r * D, P + m->off_embed + (size_t)tokens[r] * D, (size_t)D * sizeof(float));
+    }
+    const float eps = m->cfg.rms_norm_eps;
+    for (int l = 0; l < m->L; l++) {
+        const ap_layer_off_t *lo = &m->lo[l];
+        ap_rmsnorm(kv->a, kv->rstd, kv->x, P + lo->attn_norm, n, D, eps);
+        ap_matmul(kv->qkv, kv->a, P + lo->qkv, n, D, QKV);
+        for (int r = 0; r < n; r++) { /* RoPE, then k and v into the cache */
+            float *row = kv->qkv + (size_t)r * QKV;
+            int p = kv->pos[r];
+            ap_rope(row, m->H + m->KV, hd, m->rope_cos + (size_t)p * half, m->rope_sin + (size_t)p * half, 1);
+            memcpy(s_cache(kv, kv->k, l, kv->slot[r], p), row + D, kvd * sizeof(float));
+            memcpy(s_cache(kv, kv->v, l, kv->slot[r], p), row + D + kvd, kvd * sizeof(float));
+        }
+        for (int r = 0; r < n; r++)
+            s_attend(kv, kv->ao + (size_t)r * D, kv->qkv + (size_t)r * QKV, l, kv->slot[r], kv->pos[r]);
+        ap_gemm(kv->x, D, kv->ao, D, 0, P + lo->o, D, 1, n, D, D, 1.0f, 1.0f); /* x += ao o^T */
+        ap_rmsnorm(kv->a, kv->rstd, kv->x, P + lo->mlp_norm, n, D, eps);
+        ap_matmul(kv->gu, kv->a, P + lo->gu, n, D, 2 * m->F);
+        ap_swiglu(kv->act, kv->gu, n, m->F);
+        ap_gemm(kv->x, D, kv->act, m->F, 0, P + lo->down, m->F, 1, n, D, m->F, 1.0f, 1.0f);
+    }
+    if (!logits) return;
+    int k = 0; /* gather the wanted rows, then one product */
+    for (int r = 0; r < n; r++)
+        if (!want || want[r]) {
+            if (k != r) memcpy(kv->x + (size_t)k * D, kv->x + (size_t)r * D, (size_t)D * sizeof(float));
+            k++;
+        }
+    ap_rmsnorm(kv->a, kv->rstd, kv->x, P + m->off_norm, k, D, eps);
+    ap_matmul(logits, kv->a, P + m->off_lm, k, D, m->V);
+}
+
+/* Check rows before anything changes: ids, slots, room in each slot. */
+static int s_validate(const ap_kv_t *kv, const int *slots, const int32_t *tokens, int n) {
+    int *add = ap_calloc((size_t)kv->S, sizeof *add), rc = 0;
+    for (int r = 0; r < n && rc == 0; r++) {
+        if (slots[r] < 0 || slots[r] >= kv->S)
+            rc = ap_err("KV forward: row %d: slot %d outside [0, %d)", r, slots[r], kv->S);
+        else if (tokens[r] < 0 || tokens[r] >= kv->m->V)
+            rc = ap_err("KV forward: row %d: token %d outside the vocabulary [0, %d)", r, tokens[r],
+                        kv->m->V);
+        else if (kv->len[slots[r]] + ++add[slots[r]] > kv->maxlen)
+            rc = ap_err("KV forward: slot %d would exceed the cache's %d positions", slots[r],
+                        kv->maxlen);
+    }
+    free(add);
+    return rc;
+}
+
+int ap_kv_forward(ap_kv_t *kv, float *logits, const int *slots, const int32_t *tokens, int n) {
+    if (n < 0 || s_validate(kv, slots, tokens, n) < 0) return -1;
+    for (int r0 = 0; r0 < n; r0 += kv->R) {
+        int c = AP_MIN(kv->R, n - r0);
+        s_chunk(kv, logits ? logits + (size_t)r0 * kv->m->V : NULL, slots + r0, tokens + r0, c, NULL);
+    }
+    return 0;
+}
+
+/* ---- generation ----------------------------------------------------------------------------- */
+
+/* Record token `tok` (log-prob lp) for slot i; 1 if the sequence goes on. */
+static int s_record(ap_kv_t *kv, ap_completion_t *out, int i, int max_new, int32_t tok, float lp,
+                    int32_t eos) {
+    ap_completion_t *c = &out[i];
+    kv->out_tok[(size_t)i * max_new + c->n] = tok;
+    kv->out_lp[(size_t)i * max_new + c->n] = lp;
+    c->n++;
+    if (eos >= 0 && tok == eos) c->finish = AP_FINISH_EOS;
+    else if (c->n >= max_new || kv->len[i] >= kv->maxlen) c->finish = AP_FINISH_LENGTH;
+    else return 1;
+    return 0;
+}
+
+int ap_generate(ap_kv_t *kv, ap_completion_t *out, const int32_t *const *prompts,
+                const int *prompt_lens, int S, int max_new, int32_t eos, const ap_sampling_t *sp,
+                ap_rng_t *rng) {
+    const ap_model_t *m = kv->m;
+    int V = m->V;
+    if (S < 1 || S > kv->S) return ap_err("generate: %d sequences for a cache of %d", S, kv->S);
+    if (max_new < 0) return ap_err("generate: max_new %d < 0", max_new);
+    if (ap_sampling_validate(sp) < 0) return -1;
+    for (int i = 0; i < S; i++) {
+        if (prompt_lens[i] < 1 || prompt_lens[i] > kv->maxlen)
+            return ap_err("generate: prompt %d has %d tokens (1 to %d allowed)", i, prompt_lens[i],
+                          kv->maxlen);
+        for (int t = 0; t < prompt_lens[i]; t++)
+            if (prompts[i][t] < 0 || prompts[i][t] >= V)
+                return ap_err("generate: prompt %d token %d is %d, outside the vocabulary [0, %d)",
+                              i, t, prompts[i][t], V);
+    }
+    size_t cap = (size_t)S * (size_t)AP_MAX(max_new, 1);
+    if (cap > kv->out_cap) {
+        kv->out_cap = cap;
+        kv->out_tok = ap_realloc(kv->out_tok, cap * sizeof *kv->out_tok);
+        kv->out_lp = ap_realloc(kv->out_lp, cap * sizeof *kv->out_lp);
+    }
+    for (int i = 0; i < S; i++) {
+        out[i].tokens = kv->out_tok + (size_t)i * max_new;
+        out[i].logprobs = kv->out_lp + (size_t)i * max_new;
+        out[i].n = 0;
+        out[i].finish = AP_FINISH_LENGTH;
+    }
+    ap_kv_clear(kv);
+    if (max_new == 0) return 0;
+
+    /* prefill: each distinct prompt once; `src[i]` = the slot whose prefill i reuses */
+    int *src = ap_malloc((size_t)S * sizeof *src), *row_slot = ap_malloc((size_t)kv->R * sizeof *row_slot);
+    int32_t *row_tok = ap_malloc((size_t)kv->R * sizeof *row_tok);
+    unsigned char *want = ap_malloc((size_t)kv->R);
+    float *first = ap_malloc((size_t)S * V * sizeof *first); /* last-prompt-row logits per slot */
+    int rc = -1;
+    for (int i = 0; i < S; i++) {
+        src[i] = i;
+        for (int j = 0; j < i && src[i] == i; j++)
+            if (src[j] == j && prompt_lens[j] == prompt_lens[i] &&
+                (prompts[j] == prompts[i] ||
+                 !memcmp(prompts[j], prompts[i], (size_t)prompt_lens[i] * sizeof(int32_t))))
+                src[i] = j;
+    }
+    int n = 0, nwant = 0;
+    int *want_slot = ap_malloc((size_t)kv->R * sizeof *want_slot);
+    for (int i = 0; i <= S; i++) {
+        for (int t = 0; i < S && src[i] == i && t < prompt_lens[i]; t++) {
+            row_slot[n] = i, row_tok[n] = prompts[i][t], want[n] = t == prompt_lens[i] - 1;
+            if (want[n]) want_slot[nwant++] = i;
+            if (++n == kv->R) { /* flush a full chunk */
+                s_chunk(kv, kv->logits, row_slot, row_tok, n, want);
+                for (int w = 0; w < nwant; w++)
+                    memcpy(first + (size_t)want_slot[w] * V, kv->logits + (size_t)w * V, (size_t)V * sizeof(float));
+                n = nwant = 0;
+            }
+        }
+        if (i == S && n > 0) {
+            s_chunk(kv, kv->logits, row_slot, row_tok, n, want);
+            for (int w = 0; w < nwant; w++)
+                memcpy(first + (size_t)want_slot[w] * V, kv->logits + (size_t)w * V, (size_t)V * sizeof(float));
+        }
+    }
+    for (int i = 0; i < S; i++) {
+        if (src[i] == i) continue;
+        int j = src[i], len = prompt_lens[i];
+        for (int l = 0; l < m->L; l++) {
+            memcpy(s_cache(kv, kv->k, l, i, 0), s_cache(kv, kv->k, l, j, 0), (size_t)len * s_kvd(m) * sizeof(float));
+            memcpy(s_cache(kv, kv->v, l, i, 0), s_cache(kv, kv->v, l, j, 0), (size_t)len * s_kvd(m) * sizeof(float));
+        }
+        kv->len[i] = len;
+        memcpy(first + (size_t)i * V, first + (size_t)j * V, (size_t)V * sizeof(float));
+    }
+    /* first tokens, then one decode step per round over the active set */
+    int nact = 0;
+    for (int i = 0; i < S; i++) {
+        float lp;
+        int32_t tok = ap_sample_token(first + (size_t)i * V, V, sp, rng, &lp, kv->work);
+        if (tok < 0) {
+            ap_err("generate: sequence %d, completion token 0: %s", i, ap_errmsg());
+            goto out;
+        }
+        if (s_record(kv, out, i, max_new, tok, lp, eos)) kv->active[nact++] = i;
+    }
+    while (nact > 0) {
+        for (int r = 0; r < nact; r++) { /* nact <= S <= R: one chunk */
+            int i = kv->active[r];
+            row_slot[r] = i;
+            row_tok[r] = out[i].tokens[out[i].n - 1];
+        }
+        s_chunk(kv, kv->logits, row_slot, row_tok, nact, NULL);
+        int keep = 0;
+        for (int r = 0; r < nact; r++) {
+            int i = kv->active[r];
+            float lp;
+            int32_t tok = ap_sample_token(kv->logits + (size_t)r * V, V, sp, rng, &lp, kv->work);
+            if (tok < 0) {
+                ap_err("generate: sequence %d, completion token %d: %s", i, out[i].n, ap_errmsg());
+                goto out;
+            }
+            if (s_record(kv, out, i, max_new, tok, lp, eos)) kv->active[keep++] = i;
+        }
+        nact = keep;
+    }
+    rc = 0;
+out:
+    free(src), free(row_slot), free(row_tok), free(want), free(first), free(want_slot);
+    return rc;
+}
