@@ -180,7 +180,10 @@ static ap_tokenizer_t *s_make_char(char **specials, int nspecial, uint32_t *char
         h = ap_hash64(t->text[i], strlen(t->text[i]), h);
         h = ap_hash64(&sep, 1, h);
     }
-    t->hash = h;
+    /* splitmix64 finalizer: FNV-1a of similar vocabularies differs in few bits */
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBULL;
+    t->hash = h ^ (h >> 31);
     return t;
 }
 
