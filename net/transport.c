@@ -446,7 +446,7 @@ ap_sock_t *ap_sock_new(ap_net_t *net, const ap_sock_opts_t *o) {
     if (o->limits) lim = *o->limits;
     else ap_msg_limits_default(&lim);
     lim.max_frame = max_msg;
-    if (lim.max_raw == 0 || lim.max_raw > max_msg) lim.max_raw = max_msg;
+    if (!o->limits) lim.max_raw = max_msg; /* given limits keep theirs (a SUB judging announces) */
     s->codec = ap_msg_codec_new(&lim, s->name);
     void *z = s->z = zmq_socket(net->ctx, types[o->type]);
     if (!z) {
