@@ -754,7 +754,9 @@ static int s_split_dataset(ap_task_t *t) {
             }
         }
         s_set_free(&seen);
-        AP_ASSERT(t->nheldout == h);
+        if (t->nheldout != h) /* two distinct prompts with one 64-bit split hash: ~2^-64 */
+            return ap_err("task.heldout_size: split hash collision in %s; change task.heldout_seed",
+                          ap_dataset_path(t->data));
     }
     if (t->ntrain == 0)
         return ap_err("%s: no training example left after the split (%ld held out)",
