@@ -7,7 +7,8 @@
  *   apprentice vocab configs/run.yaml --check models/teacher
  *
  * The task section is the config's (defaults, then the file, then --set; ap_config_load).
- * Prints one JSON line (path, vocab_size, hash). An existing vocab.json with a different hash is not overwritten without
+ * Prints one JSON line (path, vocab_size, hash). An existing vocab.json with a different hash is
+ * not overwritten without
  * --force: the embedding rows of a model are tied to its vocabulary. */
 #include <getopt.h>
 #include <stdio.h>
@@ -32,24 +33,36 @@ static void s_usage(FILE *out) {
 }
 
 int ap_cmd_vocab(int argc, char **argv) {
-    static const struct option opts[] = {{"out", required_argument, 0, 'o'},
-                                         {"check", required_argument, 0, 'c'},
-                                         {"set", required_argument, 0, 's'},
-                                         {"force", no_argument, 0, 'f'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"out", required_argument, 0, 'o'}, {"check", required_argument, 0, 'c'},
+        {"set", required_argument, 0, 's'}, {"force", no_argument, 0, 'f'},
+        {"help", no_argument, 0, 'h'},      {0, 0, 0, 0}};
     const char **sets = ap_calloc((size_t)argc, sizeof *sets);
     const char *out = NULL, *check = NULL;
     int nsets = 0, force = 0, opt;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "o:c:s:fh", opts, NULL)) != -1) {
         switch (opt) {
-        case 'o': out = optarg; break;
-        case 'c': check = optarg; break;
-        case 's': sets[nsets++] = optarg; break;
-        case 'f': force = 1; break;
-        case 'h': s_usage(stdout); free(sets); return 0;
-        default: s_usage(stderr); free(sets); return 2;
+        case 'o':
+            out = optarg;
+            break;
+        case 'c':
+            check = optarg;
+            break;
+        case 's':
+            sets[nsets++] = optarg;
+            break;
+        case 'f':
+            force = 1;
+            break;
+        case 'h':
+            s_usage(stdout);
+            free(sets);
+            return 0;
+        default:
+            s_usage(stderr);
+            free(sets);
+            return 2;
         }
     }
     if (optind + 1 < argc || (!out == !check)) {
@@ -79,8 +92,10 @@ int ap_cmd_vocab(int argc, char **argv) {
             fprintf(stderr, "apprentice vocab: %s\n", ap_errmsg());
             goto done;
         }
-        printf("{\"dir\": \"%s\", \"task\": \"%s\", \"vocab_size\": %d, \"hash\": \"%s\", \"ok\": true}\n",
-               check, ap_task_kind(task), ap_tokenizer_vocab_size(tok), ap_tokenizer_hash_hex(tok, hex));
+        printf("{\"dir\": \"%s\", \"task\": \"%s\", \"vocab_size\": %d, \"hash\": \"%s\", \"ok\": "
+               "true}\n",
+               check, ap_task_kind(task), ap_tokenizer_vocab_size(tok),
+               ap_tokenizer_hash_hex(tok, hex));
         rc = 0;
         goto done;
     }
@@ -93,17 +108,19 @@ int ap_cmd_vocab(int argc, char **argv) {
     if (ap_path_exists(path)) {
         old = ap_tokenizer_load(path);
         if (old && ap_tokenizer_hash(old) == ap_tokenizer_hash(tok)) {
-            printf("{\"path\": \"%s\", \"vocab_size\": %d, \"hash\": \"%s\", \"unchanged\": true}\n",
-                   path, ap_tokenizer_vocab_size(tok), ap_tokenizer_hash_hex(tok, hex));
+            printf(
+                "{\"path\": \"%s\", \"vocab_size\": %d, \"hash\": \"%s\", \"unchanged\": true}\n",
+                path, ap_tokenizer_vocab_size(tok), ap_tokenizer_hash_hex(tok, hex));
             free(path);
             rc = 0;
             goto done;
         }
         if (!force) {
-            fprintf(stderr,
-                    "apprentice vocab: %s exists with another vocabulary (%s); a model's embeddings "
-                    "are tied to it: use --force to overwrite, or another --out\n",
-                    path, old ? "different hash" : ap_errmsg());
+            fprintf(
+                stderr,
+                "apprentice vocab: %s exists with another vocabulary (%s); a model's embeddings "
+                "are tied to it: use --force to overwrite, or another --out\n",
+                path, old ? "different hash" : ap_errmsg());
             free(path);
             goto done;
         }

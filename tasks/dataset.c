@@ -10,7 +10,7 @@
 
 #include "apprentice/base.h"
 
-#define S_LOG_BAD_MAX 5      /* bad lines logged one by one before only counting */
+#define S_LOG_BAD_MAX 5       /* bad lines logged one by one before only counting */
 #define S_UNKNOWN_KEYS_MAX 16 /* distinct unknown key names reported */
 
 struct ap_dataset {
@@ -39,22 +39,32 @@ void ap_example_copy(ap_example_t *dst, const ap_example_t *src) {
 }
 
 int ap_dataset_bad_line_parse(const char *name, int *policy) {
-    if (name && !strcmp(name, "error")) *policy = AP_BAD_LINE_ERROR;
-    else if (name && !strcmp(name, "skip")) *policy = AP_BAD_LINE_SKIP;
-    else return ap_err("unknown on_bad_line '%s' (error, skip)", name ? name : "(null)");
+    if (name && !strcmp(name, "error"))
+        *policy = AP_BAD_LINE_ERROR;
+    else if (name && !strcmp(name, "skip"))
+        *policy = AP_BAD_LINE_SKIP;
+    else
+        return ap_err("unknown on_bad_line '%s' (error, skip)", name ? name : "(null)");
     return 0;
 }
 
 static const char *s_type_name(const json_t *v) {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+        return "an integer";
+    case JSON_REAL:
+        return "a number";
     case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
+    case JSON_FALSE:
+        return "a boolean";
+    case JSON_NULL:
+        return "null";
     }
     return "?";
 }
@@ -70,7 +80,8 @@ static int s_parse_line(const char *path, int lineno, const char *line, size_t l
                         ap_example_t *ex, char **unknown, int *nunknown) {
     json_error_t jerr;
     json_t *root = json_loadb(line, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-    if (!root) return ap_err("%s:%d: bad JSON at column %d: %s", path, lineno, jerr.column, jerr.text);
+    if (!root)
+        return ap_err("%s:%d: bad JSON at column %d: %s", path, lineno, jerr.column, jerr.text);
     int rc = -1;
     memset(ex, 0, sizeof *ex);
     if (!json_is_object(root)) {
@@ -99,8 +110,8 @@ static int s_parse_line(const char *path, int lineno, const char *line, size_t l
         goto out;
     }
     if (!json_is_string(answer)) {
-        ap_err("%s:%d: \"answer\" must be a string, got %s (quote numbers: \"357\")", path,
-               lineno, s_type_name(answer));
+        ap_err("%s:%d: \"answer\" must be a string, got %s (quote numbers: \"357\")", path, lineno,
+               s_type_name(answer));
         goto out;
     }
     if (solution && !json_is_string(solution) && !json_is_null(solution)) {
@@ -120,20 +131,25 @@ static int s_parse_line(const char *path, int lineno, const char *line, size_t l
             !strcmp(key, "id"))
             continue;
         int known = 0;
-        for (int i = 0; i < *nunknown; i++) known |= !strcmp(unknown[i], key);
+        for (int i = 0; i < *nunknown; i++)
+            known |= !strcmp(unknown[i], key);
         if (!known && *nunknown < S_UNKNOWN_KEYS_MAX) {
             unknown[(*nunknown)++] = ap_strdup(key);
-            ap_log(AP_LOG_WARN, "%s:%d: ignoring unknown key \"%s\" (known: prompt, answer, "
-                                "solution, id)",
+            ap_log(AP_LOG_WARN,
+                   "%s:%d: ignoring unknown key \"%s\" (known: prompt, answer, "
+                   "solution, id)",
                    path, lineno, key);
         }
     }
     ex->prompt = ap_strdup(json_string_value(prompt));
     ex->answer = ap_strdup(json_string_value(answer));
     if (solution && json_is_string(solution)) ex->solution = ap_strdup(json_string_value(solution));
-    if (id && json_is_string(id)) ex->id = ap_strdup(json_string_value(id));
-    else if (id) ex->id = ap_sprintf("%lld", (long long)json_integer_value(id));
-    else ex->id = ap_sprintf("%s:%d", path, lineno);
+    if (id && json_is_string(id))
+        ex->id = ap_strdup(json_string_value(id));
+    else if (id)
+        ex->id = ap_sprintf("%lld", (long long)json_integer_value(id));
+    else
+        ex->id = ap_sprintf("%s:%d", path, lineno);
     rc = 0;
 out:
     json_decref(root);
@@ -190,15 +206,18 @@ ap_dataset_t *ap_dataset_load(const char *path, int on_bad_line) {
     int read_error = ferror(f);
     fclose(f);
     free(line);
-    for (int i = 0; i < nunknown; i++) free(unknown[i]);
+    for (int i = 0; i < nunknown; i++)
+        free(unknown[i]);
     if (!failed && read_error) {
         ap_err("%s: read error after line %d", path, lineno);
         failed = 1;
     }
     if (!failed && d->n == 0) {
-        if (d->bad) ap_err("%s: no valid example (%ld bad lines skipped; first: %s)", path, d->bad,
-                           d->first_bad);
-        else ap_err("%s: no examples (the file is empty)", path);
+        if (d->bad)
+            ap_err("%s: no valid example (%ld bad lines skipped; first: %s)", path, d->bad,
+                   d->first_bad);
+        else
+            ap_err("%s: no examples (the file is empty)", path);
         failed = 1;
     }
     if (failed) {
@@ -215,7 +234,8 @@ ap_dataset_t *ap_dataset_load(const char *path, int on_bad_line) {
 void ap_dataset_destroy(ap_dataset_t **dp) {
     if (!dp || !*dp) return;
     ap_dataset_t *d = *dp;
-    for (int i = 0; i < d->n; i++) ap_example_clear(&d->ex[i]);
+    for (int i = 0; i < d->n; i++)
+        ap_example_clear(&d->ex[i]);
     free(d->ex);
     free(d->line);
     free(d->path);
@@ -224,7 +244,9 @@ void ap_dataset_destroy(ap_dataset_t **dp) {
     *dp = NULL;
 }
 
-int ap_dataset_size(const ap_dataset_t *d) { return d->n; }
+int ap_dataset_size(const ap_dataset_t *d) {
+    return d->n;
+}
 const ap_example_t *ap_dataset_get(const ap_dataset_t *d, int i) {
     AP_ASSERT(i >= 0 && i < d->n);
     return &d->ex[i];
@@ -233,7 +255,15 @@ int ap_dataset_line(const ap_dataset_t *d, int i) {
     AP_ASSERT(i >= 0 && i < d->n);
     return d->line[i];
 }
-const char *ap_dataset_path(const ap_dataset_t *d) { return d->path; }
-long ap_dataset_bad_lines(const ap_dataset_t *d) { return d->bad; }
-long ap_dataset_blank_lines(const ap_dataset_t *d) { return d->blank; }
-const char *ap_dataset_first_bad(const ap_dataset_t *d) { return d->first_bad; }
+const char *ap_dataset_path(const ap_dataset_t *d) {
+    return d->path;
+}
+long ap_dataset_bad_lines(const ap_dataset_t *d) {
+    return d->bad;
+}
+long ap_dataset_blank_lines(const ap_dataset_t *d) {
+    return d->blank;
+}
+const char *ap_dataset_first_bad(const ap_dataset_t *d) {
+    return d->first_bad;
+}

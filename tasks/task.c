@@ -25,9 +25,9 @@
 #include "apprentice/base.h"
 #include "apprentice/template.h"
 
-#define S_SMALL_SPACE 262144.0  /* enumerate spaces up to this many prompts */
-#define S_MIN_FRACTION 0.01     /* smallest held-out bucket of a large space */
-#define S_MAX_LENGTH 64         /* reverse/sort strings */
+#define S_SMALL_SPACE 262144.0 /* enumerate spaces up to this many prompts */
+#define S_MIN_FRACTION 0.01    /* smallest held-out bucket of a large space */
+#define S_MAX_LENGTH 64        /* reverse/sort strings */
 #define S_MAX_ALPHABET 256
 #define S_MAX_HELDOUT 10000000
 #define S_HELDOUT_STREAM 0x48454C444F5554ULL /* "HELDOUT" */
@@ -39,9 +39,9 @@ static const char *const s_kind_names[S_NKINDS] = {"addition", "multiplication",
 
 /* One generated problem. */
 typedef struct {
-    uint64_t a, b;              /* arithmetic operands */
-    uint32_t s[S_MAX_LENGTH];   /* reverse/sort: the string's code points */
-    int len;                    /* its length */
+    uint64_t a, b;            /* arithmetic operands */
+    uint32_t s[S_MAX_LENGTH]; /* reverse/sort: the string's code points */
+    int len;                  /* its length */
 } s_prob_t;
 
 /* A set of 64-bit keys (open addressing; 0 is stored as a flag). */
@@ -52,27 +52,27 @@ typedef struct {
 } s_set_t;
 
 struct ap_task {
-    int kind;            /* S_ADD ... S_DATA */
-    int dmin, dmax;      /* digits of operand a */
-    int fmin, fmax;      /* digits of operand b (multiplication) */
-    int lmin, lmax;      /* string lengths */
-    uint32_t *alpha;     /* [nalpha] reverse/sort code points, in config order */
+    int kind;        /* S_ADD ... S_DATA */
+    int dmin, dmax;  /* digits of operand a */
+    int fmin, fmax;  /* digits of operand b (multiplication) */
+    int lmin, lmax;  /* string lengths */
+    uint32_t *alpha; /* [nalpha] reverse/sort code points, in config order */
     int nalpha;
-    char *alphabet;      /* its text */
+    char *alphabet; /* its text */
     ap_verifier_t verifier;
     ap_template_t *tpl_prompt, *tpl_completion, *tpl_priv;
-    uint64_t salt;       /* heldout_seed */
-    long long seed;      /* training seed */
-    int heldout_size;    /* requested */
-    uint64_t threshold;  /* held out iff u < threshold (hash split) */
-    double space;        /* distinct prompts */
+    uint64_t salt;         /* heldout_seed */
+    long long seed;        /* training seed */
+    int heldout_size;      /* requested */
+    uint64_t threshold;    /* held out iff u < threshold (hash split) */
+    double space;          /* distinct prompts */
     ap_example_t *heldout; /* [nheldout] the evaluation set */
     int nheldout;
     /* datasets */
-    ap_dataset_t *data;    /* training file */
-    ap_dataset_t *hdata;   /* held-out file, or NULL (split by hash) */
-    s_set_t hprompts;      /* hashes of the held-out file's prompts */
-    long *train;           /* [ntrain] indices into data */
+    ap_dataset_t *data;  /* training file */
+    ap_dataset_t *hdata; /* held-out file, or NULL (split by hash) */
+    s_set_t hprompts;    /* hashes of the held-out file's prompts */
+    long *train;         /* [ntrain] indices into data */
     long ntrain, excluded;
     uint64_t fingerprint;
 };
@@ -80,8 +80,8 @@ struct ap_task {
 struct ap_task_sampler {
     const ap_task_t *t;
     ap_task_cursor_t c;
-    long *perm;            /* datasets: [ntrain] shuffle of the current epoch */
-    long long perm_epoch;  /* epoch `perm` belongs to, -1 = none */
+    long *perm;           /* datasets: [ntrain] shuffle of the current epoch */
+    long long perm_epoch; /* epoch `perm` belongs to, -1 = none */
 };
 
 /* ---------------------------------------------------------------- small helpers */
@@ -103,7 +103,8 @@ static uint64_t s_prompt_key(const char *prompt) {
 
 static void s_set_init(s_set_t *s, size_t expect) {
     s->cap = 16;
-    while (s->cap < 2 * expect + 16) s->cap *= 2;
+    while (s->cap < 2 * expect + 16)
+        s->cap *= 2;
     s->keys = ap_calloc(s->cap, sizeof *s->keys);
     s->n = 0;
     s->has_zero = 0;
@@ -140,7 +141,8 @@ static int s_set_add(s_set_t *s, uint64_t k) {
         *s = bigger;
     }
     size_t i = (size_t)s_mix(k) & (s->cap - 1);
-    while (s->keys[i] && s->keys[i] != k) i = (i + 1) & (s->cap - 1);
+    while (s->keys[i] && s->keys[i] != k)
+        i = (i + 1) & (s->cap - 1);
     if (s->keys[i] == k) return 0;
     s->keys[i] = k;
     s->n++;
@@ -149,11 +151,16 @@ static int s_set_add(s_set_t *s, uint64_t k) {
 
 static uint64_t s_pow10(int d) {
     uint64_t p = 1;
-    for (int i = 0; i < d; i++) p *= 10;
+    for (int i = 0; i < d; i++)
+        p *= 10;
     return p;
 }
-static uint64_t s_lo(int d) { return d <= 1 ? 0 : s_pow10(d - 1); } /* smallest d-digit number */
-static uint64_t s_hi(int d) { return s_pow10(d) - 1; }              /* largest */
+static uint64_t s_lo(int d) {
+    return d <= 1 ? 0 : s_pow10(d - 1);
+} /* smallest d-digit number */
+static uint64_t s_hi(int d) {
+    return s_pow10(d) - 1;
+} /* largest */
 
 static int s_kind_parse(const char *name) {
     for (int k = 0; k < S_NKINDS; k++)
@@ -252,10 +259,11 @@ static int s_compile_templates(const ap_task_config_t *c, ap_template_t **p, ap_
 }
 
 static int s_check_range(const char *lo_key, int lo, const char *hi_key, int hi, int min, int max) {
-    if (lo < min || lo > max) return ap_err("task.%s: must be in %d..%d, got %d", lo_key, min, max, lo);
-    if (hi < min || hi > max) return ap_err("task.%s: must be in %d..%d, got %d", hi_key, min, max, hi);
-    if (hi < lo)
-        return ap_err("task.%s: must be >= task.%s (%d < %d)", hi_key, lo_key, hi, lo);
+    if (lo < min || lo > max)
+        return ap_err("task.%s: must be in %d..%d, got %d", lo_key, min, max, lo);
+    if (hi < min || hi > max)
+        return ap_err("task.%s: must be in %d..%d, got %d", hi_key, min, max, hi);
+    if (hi < lo) return ap_err("task.%s: must be >= task.%s (%d < %d)", hi_key, lo_key, hi, lo);
     return 0;
 }
 
@@ -295,15 +303,16 @@ int ap_task_config_validate(const ap_task_config_t *c) {
     if (ap_dataset_bad_line_parse(c->on_bad_line, &policy) < 0)
         return ap_err("task.on_bad_line: %s", ap_errmsg());
     if (c->heldout_size < 0 || c->heldout_size > S_MAX_HELDOUT)
-        return ap_err("task.heldout_size: must be in 0..%d, got %d", S_MAX_HELDOUT, c->heldout_size);
+        return ap_err("task.heldout_size: must be in 0..%d, got %d", S_MAX_HELDOUT,
+                      c->heldout_size);
     int vk;
-    if (ap_verifier_kind_parse(c->verifier, &vk) < 0) return ap_err("task.verifier: %s", ap_errmsg());
+    if (ap_verifier_kind_parse(c->verifier, &vk) < 0)
+        return ap_err("task.verifier: %s", ap_errmsg());
     if (vk == AP_VERIFIER_NUMERIC && (kind == S_REV || kind == S_SORT))
         return ap_err("task.verifier: numeric cannot check %s answers (they are not numbers); use "
                       "exact",
                       c->kind);
-    if (!isfinite(c->reward_correct))
-        return ap_err("task.reward_correct: must be a finite number");
+    if (!isfinite(c->reward_correct)) return ap_err("task.reward_correct: must be a finite number");
     if (!isfinite(c->reward_wrong)) return ap_err("task.reward_wrong: must be a finite number");
     if (!(c->reward_correct > c->reward_wrong))
         return ap_err("task.reward_correct: must be greater than task.reward_wrong (%g <= %g)",
@@ -322,7 +331,8 @@ typedef struct {
     s_ftype_t type;
     size_t off;
 } s_field_t;
-#define S_FIELD(name, type) {#name, type, offsetof(ap_task_config_t, name)}
+#define S_FIELD(name, type)                                                                        \
+    { #name, type, offsetof(ap_task_config_t, name) }
 static const s_field_t s_fields[] = {
     S_FIELD(kind, S_F_STR),
     S_FIELD(min_digits, S_F_INT),
@@ -354,7 +364,9 @@ int ap_task_config_set(ap_task_config_t *c, const char *key, const char *value) 
         char *at = (char *)c + f->off, *end = NULL;
         errno = 0;
         switch (f->type) {
-        case S_F_STR: *(char **)at = (char *)value; return 0;
+        case S_F_STR:
+            *(char **)at = (char *)value;
+            return 0;
         case S_F_INT: {
             long v = strtol(value, &end, 10);
             if (!*value || *end || errno || v < -2147483647L || v > 2147483647L)
@@ -364,13 +376,15 @@ int ap_task_config_set(ap_task_config_t *c, const char *key, const char *value) 
         }
         case S_F_LL: {
             long long v = strtoll(value, &end, 10);
-            if (!*value || *end || errno) return ap_err("task.%s: '%s' is not an integer", key, value);
+            if (!*value || *end || errno)
+                return ap_err("task.%s: '%s' is not an integer", key, value);
             *(long long *)at = v;
             return 0;
         }
         case S_F_DBL: {
             double v = strtod(value, &end);
-            if (!*value || *end || errno) return ap_err("task.%s: '%s' is not a number", key, value);
+            if (!*value || *end || errno)
+                return ap_err("task.%s: '%s' is not a number", key, value);
             *(double *)at = v;
             return 0;
         }
@@ -395,9 +409,15 @@ char *ap_task_config_dump(const ap_task_config_t *c) {
             json_decref(j);
             break;
         }
-        case S_F_INT: line = ap_sprintf("  %s: %d\n", f->key, *(const int *)at); break;
-        case S_F_LL: line = ap_sprintf("  %s: %lld\n", f->key, *(const long long *)at); break;
-        case S_F_DBL: line = ap_sprintf("  %s: %.17g\n", f->key, *(const double *)at); break;
+        case S_F_INT:
+            line = ap_sprintf("  %s: %d\n", f->key, *(const int *)at);
+            break;
+        case S_F_LL:
+            line = ap_sprintf("  %s: %lld\n", f->key, *(const long long *)at);
+            break;
+        case S_F_DBL:
+            line = ap_sprintf("  %s: %.17g\n", f->key, *(const double *)at);
+            break;
         }
         char *joined = ap_sprintf("%s%s", out, line);
         free(out);
@@ -422,10 +442,12 @@ static double s_space(const ap_task_t *t) {
     case S_REV:
     case S_SORT: {
         double s = 0;
-        for (int l = t->lmin; l <= t->lmax; l++) s += pow((double)t->nalpha, l);
+        for (int l = t->lmin; l <= t->lmax; l++)
+            s += pow((double)t->nalpha, l);
         return s;
     }
-    default: AP_ASSERT(0);
+    default:
+        AP_ASSERT(0);
     }
 }
 
@@ -448,9 +470,11 @@ static void s_draw(const ap_task_t *t, ap_rng_t *rng, s_prob_t *p) {
     case S_REV:
     case S_SORT:
         p->len = t->lmin + (int)ap_rng_below(rng, (uint64_t)(t->lmax - t->lmin + 1));
-        for (int i = 0; i < p->len; i++) p->s[i] = t->alpha[ap_rng_below(rng, (uint64_t)t->nalpha)];
+        for (int i = 0; i < p->len; i++)
+            p->s[i] = t->alpha[ap_rng_below(rng, (uint64_t)t->nalpha)];
         break;
-    default: AP_ASSERT(0);
+    default:
+        AP_ASSERT(0);
     }
 }
 
@@ -486,14 +510,16 @@ static void s_from_index(const ap_task_t *t, uint64_t idx, s_prob_t *p) {
         }
         break;
     }
-    default: AP_ASSERT(0);
+    default:
+        AP_ASSERT(0);
     }
 }
 
 /* The string of a reverse/sort problem as UTF-8 into buf (cap >= 4 * S_MAX_LENGTH + 1). */
 static void s_string(const uint32_t *cps, int len, char *buf) {
     size_t at = 0;
-    for (int i = 0; i < len; i++) at += (size_t)ap_utf8_put(buf + at, cps[i]);
+    for (int i = 0; i < len; i++)
+        at += (size_t)ap_utf8_put(buf + at, cps[i]);
     buf[at] = 0;
 }
 
@@ -503,17 +529,20 @@ static void s_prompt(const ap_task_t *t, const s_prob_t *p, char *buf) {
     char str[4 * S_MAX_LENGTH + 1];
     switch (t->kind) {
     case S_ADD:
-        snprintf(buf, S_PROMPT_CAP, "%llu+%llu=", (unsigned long long)p->a, (unsigned long long)p->b);
+        snprintf(buf, S_PROMPT_CAP, "%llu+%llu=", (unsigned long long)p->a,
+                 (unsigned long long)p->b);
         break;
     case S_MUL:
-        snprintf(buf, S_PROMPT_CAP, "%llu*%llu=", (unsigned long long)p->a, (unsigned long long)p->b);
+        snprintf(buf, S_PROMPT_CAP, "%llu*%llu=", (unsigned long long)p->a,
+                 (unsigned long long)p->b);
         break;
     case S_REV:
     case S_SORT:
         s_string(p->s, p->len, str);
         snprintf(buf, S_PROMPT_CAP, "%s:%s=", t->kind == S_REV ? "reverse" : "sort", str);
         break;
-    default: AP_ASSERT(0);
+    default:
+        AP_ASSERT(0);
     }
 }
 
@@ -546,13 +575,15 @@ static char *s_multiplication_solution(uint64_t a, uint64_t b) {
     char *steps = ap_strdup(""), *sum = ap_strdup("");
     int terms = 0;
     uint64_t place = 1;
-    while (place <= a / 10) place *= 10;
+    while (place <= a / 10)
+        place *= 10;
     for (uint64_t rest = a; place > 0; place /= 10) {
         uint64_t part = (rest / place) * place;
         rest -= part;
         if (part == 0 && !(a == 0 && place == 1)) continue;
-        char *s = ap_sprintf("%s%s%llu*%llu=%llu", steps, terms ? "," : "", (unsigned long long)part,
-                             (unsigned long long)b, (unsigned long long)(part * b));
+        char *s =
+            ap_sprintf("%s%s%llu*%llu=%llu", steps, terms ? "," : "", (unsigned long long)part,
+                       (unsigned long long)b, (unsigned long long)(part * b));
         char *u = ap_sprintf("%s%s%llu", sum, terms ? "+" : "", (unsigned long long)(part * b));
         free(steps);
         free(sum);
@@ -585,7 +616,8 @@ static void s_fill(const ap_task_t *t, const s_prob_t *p, ap_example_t *out) {
     case S_REV:
     case S_SORT: {
         uint32_t r[S_MAX_LENGTH];
-        for (int i = 0; i < p->len; i++) r[i] = t->kind == S_REV ? p->s[p->len - 1 - i] : p->s[i];
+        for (int i = 0; i < p->len; i++)
+            r[i] = t->kind == S_REV ? p->s[p->len - 1 - i] : p->s[i];
         if (t->kind == S_SORT) qsort(r, (size_t)p->len, sizeof r[0], s_cmp_u32);
         char str[4 * S_MAX_LENGTH + 1];
         s_string(r, p->len, str);
@@ -593,25 +625,34 @@ static void s_fill(const ap_task_t *t, const s_prob_t *p, ap_example_t *out) {
         out->solution = NULL; /* no worked solution: {solution} renders nothing (h = 0) */
         break;
     }
-    default: AP_ASSERT(0);
+    default:
+        AP_ASSERT(0);
     }
 }
 
 /* Characters of the generator's prompts and answers, and of its solutions. */
 static const char *s_gen_alphabet(int kind) {
     switch (kind) {
-    case S_ADD: return "0123456789+=";
-    case S_MUL: return "0123456789*=";
-    case S_REV: return "reverse:=";
-    case S_SORT: return "sort:=";
-    default: return "";
+    case S_ADD:
+        return "0123456789+=";
+    case S_MUL:
+        return "0123456789*=";
+    case S_REV:
+        return "reverse:=";
+    case S_SORT:
+        return "sort:=";
+    default:
+        return "";
     }
 }
 static const char *s_gen_solution_alphabet(int kind) {
     switch (kind) {
-    case S_ADD: return "0123456789+=,";
-    case S_MUL: return "0123456789*+=,";
-    default: return "";
+    case S_ADD:
+        return "0123456789+=,";
+    case S_MUL:
+        return "0123456789*+=,";
+    default:
+        return "";
     }
 }
 
@@ -628,9 +669,10 @@ static int s_split_generator(ap_task_t *t) {
     t->threshold = 0;
     if (h == 0) return 0;
     if ((double)h > t->space / 2)
-        return ap_err("task.heldout_size: %d is more than half of the %.0f distinct prompts of this "
-                      "task; lower it or widen the task",
-                      h, t->space);
+        return ap_err(
+            "task.heldout_size: %d is more than half of the %.0f distinct prompts of this "
+            "task; lower it or widen the task",
+            h, t->space);
     char buf[S_PROMPT_CAP];
     s_prob_t p;
     t->heldout = ap_calloc((size_t)h, sizeof *t->heldout);
@@ -704,7 +746,8 @@ static int s_split_dataset(ap_task_t *t) {
             s_set_add(&t->hprompts, s_prompt_key(ap_dataset_get(t->hdata, (int)i)->prompt));
         t->nheldout = (int)AP_MIN((long)h, hn);
         t->heldout = ap_calloc((size_t)(t->nheldout ? t->nheldout : 1), sizeof *t->heldout);
-        for (int i = 0; i < t->nheldout; i++) ap_example_copy(&t->heldout[i], ap_dataset_get(t->hdata, i));
+        for (int i = 0; i < t->nheldout; i++)
+            ap_example_copy(&t->heldout[i], ap_dataset_get(t->hdata, i));
         for (long i = 0; i < n; i++) {
             if (s_set_has(&t->hprompts, s_prompt_key(ap_dataset_get(t->data, (int)i)->prompt)))
                 t->excluded++;
@@ -713,8 +756,10 @@ static int s_split_dataset(ap_task_t *t) {
         }
         s_set_t all;
         s_set_init(&all, (size_t)(n + hn));
-        for (long i = 0; i < n; i++) s_set_add(&all, s_prompt_key(ap_dataset_get(t->data, (int)i)->prompt));
-        for (long i = 0; i < hn; i++) s_set_add(&all, s_prompt_key(ap_dataset_get(t->hdata, (int)i)->prompt));
+        for (long i = 0; i < n; i++)
+            s_set_add(&all, s_prompt_key(ap_dataset_get(t->data, (int)i)->prompt));
+        for (long i = 0; i < hn; i++)
+            s_set_add(&all, s_prompt_key(ap_dataset_get(t->hdata, (int)i)->prompt));
         t->space = (double)all.n + all.has_zero;
         s_set_free(&all);
     } else {
@@ -768,7 +813,8 @@ static int s_split_dataset(ap_task_t *t) {
 
 static void s_fingerprint(ap_task_t *t) {
     uint64_t h = ap_hash64(s_kind_names[t->kind], strlen(s_kind_names[t->kind]), 0);
-    int64_t nums[] = {t->kind, t->dmin, t->dmax, t->fmin, t->fmax, t->lmin, t->lmax, t->heldout_size};
+    int64_t nums[] = {t->kind, t->dmin, t->dmax, t->fmin,
+                      t->fmax, t->lmin, t->lmax, t->heldout_size};
     h = ap_hash64(nums, sizeof nums, h);
     h = ap_hash64(&t->salt, sizeof t->salt, h);
     h = ap_hash64(&t->threshold, sizeof t->threshold, h);
@@ -813,8 +859,8 @@ ap_task_t *ap_task_new(const ap_task_config_t *c) {
         }
         if (s_split_dataset(t) < 0) goto fail;
         if (t->excluded && t->hdata)
-            ap_log(AP_LOG_INFO, "%s: %ld training lines dropped: their prompt is in %s",
-                   c->dataset, t->excluded, c->heldout_dataset);
+            ap_log(AP_LOG_INFO, "%s: %ld training lines dropped: their prompt is in %s", c->dataset,
+                   t->excluded, c->heldout_dataset);
     } else {
         t->space = s_space(t);
         if (s_split_generator(t) < 0) goto fail;
@@ -837,7 +883,8 @@ void ap_task_destroy(ap_task_t **tp) {
     ap_template_destroy(&t->tpl_priv);
     free(t->alpha);
     free(t->alphabet);
-    for (int i = 0; i < t->nheldout; i++) ap_example_clear(&t->heldout[i]);
+    for (int i = 0; i < t->nheldout; i++)
+        ap_example_clear(&t->heldout[i]);
     free(t->heldout);
     ap_dataset_destroy(&t->data);
     ap_dataset_destroy(&t->hdata);
@@ -847,13 +894,27 @@ void ap_task_destroy(ap_task_t **tp) {
     *tp = NULL;
 }
 
-const char *ap_task_kind(const ap_task_t *t) { return s_kind_names[t->kind]; }
-const ap_verifier_t *ap_task_verifier(const ap_task_t *t) { return &t->verifier; }
-uint64_t ap_task_fingerprint(const ap_task_t *t) { return t->fingerprint; }
-double ap_task_space(const ap_task_t *t) { return t->space; }
-long ap_task_train_size(const ap_task_t *t) { return t->kind == S_DATA ? t->ntrain : -1; }
-long ap_task_train_excluded(const ap_task_t *t) { return t->excluded; }
-int ap_task_heldout_count(const ap_task_t *t) { return t->nheldout; }
+const char *ap_task_kind(const ap_task_t *t) {
+    return s_kind_names[t->kind];
+}
+const ap_verifier_t *ap_task_verifier(const ap_task_t *t) {
+    return &t->verifier;
+}
+uint64_t ap_task_fingerprint(const ap_task_t *t) {
+    return t->fingerprint;
+}
+double ap_task_space(const ap_task_t *t) {
+    return t->space;
+}
+long ap_task_train_size(const ap_task_t *t) {
+    return t->kind == S_DATA ? t->ntrain : -1;
+}
+long ap_task_train_excluded(const ap_task_t *t) {
+    return t->excluded;
+}
+int ap_task_heldout_count(const ap_task_t *t) {
+    return t->nheldout;
+}
 
 void ap_task_heldout_get(const ap_task_t *t, int i, ap_example_t *out) {
     AP_ASSERT(i >= 0 && i < t->nheldout);
@@ -898,7 +959,8 @@ static void s_ensure_perm(ap_task_sampler_t *s, long long epoch) {
     const ap_task_t *t = s->t;
     if (s->perm_epoch == epoch) return;
     if (!s->perm) s->perm = ap_malloc((size_t)t->ntrain * sizeof *s->perm);
-    for (long i = 0; i < t->ntrain; i++) s->perm[i] = i;
+    for (long i = 0; i < t->ntrain; i++)
+        s->perm[i] = i;
     ap_rng_t rng;
     ap_rng_seed(&rng, (uint64_t)t->seed, S_PERM_STREAM ^ (uint64_t)epoch);
     for (long i = t->ntrain - 1; i > 0; i--) {
@@ -939,7 +1001,9 @@ void ap_task_sampler_next(ap_task_sampler_t *s, ap_example_t *out) {
     c->drawn++;
 }
 
-void ap_task_sampler_cursor(const ap_task_sampler_t *s, ap_task_cursor_t *c) { *c = s->c; }
+void ap_task_sampler_cursor(const ap_task_sampler_t *s, ap_task_cursor_t *c) {
+    *c = s->c;
+}
 
 int ap_task_sampler_restore(ap_task_sampler_t *s, const ap_task_cursor_t *c) {
     const ap_task_t *t = s->t;
@@ -948,7 +1012,8 @@ int ap_task_sampler_restore(ap_task_sampler_t *s, const ap_task_cursor_t *c) {
                       "task %016llx): the task config or its data changed",
                       (unsigned long long)c->task, (unsigned long long)t->fingerprint);
     if (c->seed != t->seed)
-        return ap_err("task cursor: saved with task.seed %lld, this run has %lld", c->seed, t->seed);
+        return ap_err("task cursor: saved with task.seed %lld, this run has %lld", c->seed,
+                      t->seed);
     if (c->actor != s->c.actor || c->num_actors != s->c.num_actors)
         return ap_err("task cursor: saved by actor %d of %d, this sampler is actor %d of %d",
                       c->actor, c->num_actors, s->c.actor, s->c.num_actors);
@@ -998,14 +1063,22 @@ int ap_task_cursor_from_json(const char *text, const char *origin, ap_task_curso
     int rc = -1;
     const char *bad = NULL;
     json_t *rng = json_object_get(root, "rng");
-    if (s_hex64(json_object_get(root, "task"), &r.task) < 0) bad = "task (16 hex digits)";
-    else if (!json_is_integer(json_object_get(root, "seed"))) bad = "seed";
-    else if (!json_is_integer(json_object_get(root, "actor"))) bad = "actor";
-    else if (!json_is_integer(json_object_get(root, "num_actors"))) bad = "num_actors";
-    else if (!json_is_array(rng) || json_array_size(rng) != 4) bad = "rng (4 hex strings)";
-    else if (!json_is_integer(json_object_get(root, "drawn"))) bad = "drawn";
-    else if (!json_is_integer(json_object_get(root, "epoch"))) bad = "epoch";
-    else if (!json_is_integer(json_object_get(root, "pos"))) bad = "pos";
+    if (s_hex64(json_object_get(root, "task"), &r.task) < 0)
+        bad = "task (16 hex digits)";
+    else if (!json_is_integer(json_object_get(root, "seed")))
+        bad = "seed";
+    else if (!json_is_integer(json_object_get(root, "actor")))
+        bad = "actor";
+    else if (!json_is_integer(json_object_get(root, "num_actors")))
+        bad = "num_actors";
+    else if (!json_is_array(rng) || json_array_size(rng) != 4)
+        bad = "rng (4 hex strings)";
+    else if (!json_is_integer(json_object_get(root, "drawn")))
+        bad = "drawn";
+    else if (!json_is_integer(json_object_get(root, "epoch")))
+        bad = "epoch";
+    else if (!json_is_integer(json_object_get(root, "pos")))
+        bad = "pos";
     for (int i = 0; !bad && i < 4; i++)
         if (s_hex64(json_array_get(rng, (size_t)i), &r.rng.s[i]) < 0) bad = "rng (4 hex strings)";
     if (!bad) {
@@ -1019,7 +1092,8 @@ int ap_task_cursor_from_json(const char *text, const char *origin, ap_task_curso
         r.epoch = json_integer_value(json_object_get(root, "epoch"));
         r.pos = json_integer_value(json_object_get(root, "pos"));
     }
-    if (bad) ap_err("%s: task cursor: field %s is missing or invalid", origin, bad);
+    if (bad)
+        ap_err("%s: task cursor: field %s is missing or invalid", origin, bad);
     else {
         *c = r;
         rc = 0;
@@ -1104,7 +1178,8 @@ ap_tokenizer_t *ap_task_build_tokenizer(const ap_task_t *t) {
     s_add_template(b, t->tpl_prompt);
     s_add_template(b, t->tpl_completion);
     s_add_template(b, t->tpl_priv);
-    if (ap_template_uses(t->tpl_priv) & AP_TPL_FEEDBACK) s_add(b, ap_verifier_feedback_alphabet(), "feedback");
+    if (ap_template_uses(t->tpl_priv) & AP_TPL_FEEDBACK)
+        s_add(b, ap_verifier_feedback_alphabet(), "feedback");
     if (t->kind == S_DATA) {
         s_add_examples(b, t->data, with_solution);
         s_add_examples(b, t->hdata, with_solution);
@@ -1168,9 +1243,8 @@ int32_t *ap_task_encode_example(const ap_task_t *t, const ap_tokenizer_t *tok,
     return p;
 }
 
-int ap_task_encode_privileged(const ap_task_t *t, const ap_tokenizer_t *tok,
-                              const ap_example_t *ex, const ap_task_rollout_t *group, int G, int i,
-                              int32_t **ids, int *n) {
+int ap_task_encode_privileged(const ap_task_t *t, const ap_tokenizer_t *tok, const ap_example_t *ex,
+                              const ap_task_rollout_t *group, int G, int i, int32_t **ids, int *n) {
     *ids = NULL;
     *n = 0;
     char *ctx;

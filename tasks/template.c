@@ -97,7 +97,8 @@ ap_template_t *ap_template_new(const char *text, unsigned allowed, const char *k
             continue;
         }
         size_t close = i + 1;
-        while (text[close] && text[close] != '}' && text[close] != '{') close++;
+        while (text[close] && text[close] != '}' && text[close] != '{')
+            close++;
         if (text[close] != '}') {
             ap_err("%s: '{' at position %zu is not closed (write '{{' for a literal brace)", key,
                    i + 1);
@@ -139,20 +140,28 @@ ap_template_t *ap_template_new(const char *text, unsigned allowed, const char *k
 void ap_template_destroy(ap_template_t **tp) {
     if (!tp || !*tp) return;
     ap_template_t *t = *tp;
-    for (int i = 0; i < t->nparts; i++) free(t->parts[i].lit);
+    for (int i = 0; i < t->nparts; i++)
+        free(t->parts[i].lit);
     free(t->parts);
     free(t->text);
     free(t);
     *tp = NULL;
 }
 
-const char *ap_template_text(const ap_template_t *t) { return t->text; }
-unsigned ap_template_uses(const ap_template_t *t) { return t->uses; }
-int ap_template_is_empty(const ap_template_t *t) { return t->nparts == 0; }
+const char *ap_template_text(const ap_template_t *t) {
+    return t->text;
+}
+unsigned ap_template_uses(const ap_template_t *t) {
+    return t->uses;
+}
+int ap_template_is_empty(const ap_template_t *t) {
+    return t->nparts == 0;
+}
 
 int ap_template_count(const ap_template_t *t, unsigned placeholder) {
     int n = 0;
-    for (int i = 0; i < t->nparts; i++) n += t->parts[i].var == placeholder;
+    for (int i = 0; i < t->nparts; i++)
+        n += t->parts[i].var == placeholder;
     return n;
 }
 
@@ -169,12 +178,18 @@ char *ap_template_literals(const ap_template_t *t) {
 
 static const char *s_value(const ap_template_vars_t *v, unsigned bit) {
     switch (bit) {
-    case AP_TPL_PROMPT: return v->prompt;
-    case AP_TPL_ANSWER: return v->answer;
-    case AP_TPL_SOLUTION: return v->solution;
-    case AP_TPL_FEEDBACK: return v->feedback;
-    case AP_TPL_SIBLING: return v->sibling;
-    default: AP_ASSERTF(0, "bad placeholder bit %u", bit);
+    case AP_TPL_PROMPT:
+        return v->prompt;
+    case AP_TPL_ANSWER:
+        return v->answer;
+    case AP_TPL_SOLUTION:
+        return v->solution;
+    case AP_TPL_FEEDBACK:
+        return v->feedback;
+    case AP_TPL_SIBLING:
+        return v->sibling;
+    default:
+        AP_ASSERTF(0, "bad placeholder bit %u", bit);
     }
 }
 
@@ -214,7 +229,8 @@ static int s_find_once(const ap_template_t *t, unsigned placeholder) {
 int ap_template_check_extractable(const ap_template_t *t, unsigned placeholder, const char *key) {
     int n = ap_template_count(t, placeholder);
     if (n != 1)
-        return ap_err("%s: must contain {%s} exactly once (found %d)", key, s_var_name(placeholder), n);
+        return ap_err("%s: must contain {%s} exactly once (found %d)", key, s_var_name(placeholder),
+                      n);
     int at = s_find_once(t, placeholder);
     /* parts are merged, so a neighbour that is a placeholder means no literal in between */
     if (at > 0 && t->parts[at - 1].var)
@@ -239,15 +255,18 @@ static const char *s_rfind(const char *hay, size_t limit, const char *needle) {
     return NULL;
 }
 
-int ap_template_extract(const ap_template_t *t, unsigned placeholder, const char *text, char **out) {
+int ap_template_extract(const ap_template_t *t, unsigned placeholder, const char *text,
+                        char **out) {
     AP_ASSERT(t && text && out);
     *out = NULL;
     int at = s_find_once(t, placeholder);
     if (at < 0) return 0;
     size_t len = strlen(text);
     int var_before = 0, var_after = 0;
-    for (int i = 0; i < at; i++) var_before |= t->parts[i].var != 0;
-    for (int i = at + 1; i < t->nparts; i++) var_after |= t->parts[i].var != 0;
+    for (int i = 0; i < at; i++)
+        var_before |= t->parts[i].var != 0;
+    for (int i = at + 1; i < t->nparts; i++)
+        var_after |= t->parts[i].var != 0;
     const char *before = at > 0 ? t->parts[at - 1].lit : NULL;            /* literal or NULL */
     const char *after = at + 1 < t->nparts ? t->parts[at + 1].lit : NULL; /* literal or NULL */
     size_t start = 0, end = len;

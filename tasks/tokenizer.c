@@ -27,14 +27,14 @@ enum { S_KIND_CHAR = 1 };
 static const char *const s_default_specials[] = {"<pad>", "<bos>", "<eos>"};
 
 struct ap_tokenizer {
-    int kind;          /* S_KIND_CHAR */
-    int nspecial;      /* number of special tokens, ids [0, nspecial) */
-    char **specials;   /* [nspecial] names, "<pad>" ... */
-    int nchar;         /* number of character tokens, ids [nspecial, nspecial + nchar) */
-    uint32_t *chars;   /* [nchar] code points, strictly increasing */
-    char (*text)[5];   /* [nchar] UTF-8 of each character, NUL-terminated */
+    int kind;           /* S_KIND_CHAR */
+    int nspecial;       /* number of special tokens, ids [0, nspecial) */
+    char **specials;    /* [nspecial] names, "<pad>" ... */
+    int nchar;          /* number of character tokens, ids [nspecial, nspecial + nchar) */
+    uint32_t *chars;    /* [nchar] code points, strictly increasing */
+    char (*text)[5];    /* [nchar] UTF-8 of each character, NUL-terminated */
     int32_t ascii[128]; /* id of each ASCII character, -1 when absent: the fast path */
-    uint64_t hash;     /* content hash */
+    uint64_t hash;      /* content hash */
 };
 
 struct ap_tokenizer_builder {
@@ -97,12 +97,23 @@ int ap_utf8_put(char *buf, uint32_t cp) {
 
 char *ap_utf8_escape(uint32_t cp, char buf[32]) {
     switch (cp) {
-    case '\n': snprintf(buf, 32, "'\\n'"); return buf;
-    case '\t': snprintf(buf, 32, "'\\t'"); return buf;
-    case '\r': snprintf(buf, 32, "'\\r'"); return buf;
-    case '\'': snprintf(buf, 32, "'\\''"); return buf;
-    case '\\': snprintf(buf, 32, "'\\\\'"); return buf;
-    default: break;
+    case '\n':
+        snprintf(buf, 32, "'\\n'");
+        return buf;
+    case '\t':
+        snprintf(buf, 32, "'\\t'");
+        return buf;
+    case '\r':
+        snprintf(buf, 32, "'\\r'");
+        return buf;
+    case '\'':
+        snprintf(buf, 32, "'\\''");
+        return buf;
+    case '\\':
+        snprintf(buf, 32, "'\\\\'");
+        return buf;
+    default:
+        break;
     }
     if (cp < 0x20 || cp == 0x7F) {
         snprintf(buf, 32, "'\\x%02x'", (unsigned)cp);
@@ -148,7 +159,9 @@ int ap_tokenizer_builder_add(ap_tokenizer_builder_t *b, const char *text, const 
     }
 }
 
-int ap_tokenizer_builder_count(const ap_tokenizer_builder_t *b) { return b->count; }
+int ap_tokenizer_builder_count(const ap_tokenizer_builder_t *b) {
+    return b->count;
+}
 
 void ap_tokenizer_builder_destroy(ap_tokenizer_builder_t **b) {
     if (!b || !*b) return;
@@ -167,7 +180,8 @@ static ap_tokenizer_t *s_make_char(char **specials, int nspecial, uint32_t *char
     t->nchar = nchar;
     t->chars = chars;
     t->text = ap_calloc((size_t)(nchar ? nchar : 1), sizeof *t->text);
-    for (int i = 0; i < 128; i++) t->ascii[i] = -1;
+    for (int i = 0; i < 128; i++)
+        t->ascii[i] = -1;
     uint64_t h = ap_hash64("char", 4, 0);
     const unsigned char sep = 0xFF; /* never a byte of UTF-8: the serialization is unambiguous */
     for (int i = 0; i < nspecial; i++) {
@@ -189,7 +203,8 @@ static ap_tokenizer_t *s_make_char(char **specials, int nspecial, uint32_t *char
 
 static char **s_default_special_names(void) {
     char **s = ap_malloc(AP_COUNT(s_default_specials) * sizeof *s);
-    for (size_t i = 0; i < AP_COUNT(s_default_specials); i++) s[i] = ap_strdup(s_default_specials[i]);
+    for (size_t i = 0; i < AP_COUNT(s_default_specials); i++)
+        s[i] = ap_strdup(s_default_specials[i]);
     return s;
 }
 
@@ -213,7 +228,8 @@ ap_tokenizer_t *ap_tokenizer_builder_build(ap_tokenizer_builder_t **bp) {
 void ap_tokenizer_destroy(ap_tokenizer_t **tp) {
     if (!tp || !*tp) return;
     ap_tokenizer_t *t = *tp;
-    for (int i = 0; i < t->nspecial; i++) free(t->specials[i]);
+    for (int i = 0; i < t->nspecial; i++)
+        free(t->specials[i]);
     free(t->specials);
     free(t->chars);
     free(t->text);
@@ -223,12 +239,16 @@ void ap_tokenizer_destroy(ap_tokenizer_t **tp) {
 
 /* ---------------------------------------------------------------- identity */
 
-int ap_tokenizer_vocab_size(const ap_tokenizer_t *t) { return t->nspecial + t->nchar; }
+int ap_tokenizer_vocab_size(const ap_tokenizer_t *t) {
+    return t->nspecial + t->nchar;
+}
 const char *ap_tokenizer_kind(const ap_tokenizer_t *t) {
     (void)t;
     return "char";
 }
-uint64_t ap_tokenizer_hash(const ap_tokenizer_t *t) { return t->hash; }
+uint64_t ap_tokenizer_hash(const ap_tokenizer_t *t) {
+    return t->hash;
+}
 
 char *ap_tokenizer_hash_hex(const ap_tokenizer_t *t, char *buf) {
     snprintf(buf, 17, "%016llx", (unsigned long long)t->hash);
@@ -284,8 +304,10 @@ static int32_t s_lookup(const ap_tokenizer_t *t, uint32_t cp) {
     while (lo <= hi) {
         int mid = (lo + hi) / 2;
         if (t->chars[mid] == cp) return t->nspecial + mid;
-        if (t->chars[mid] < cp) lo = mid + 1;
-        else hi = mid - 1;
+        if (t->chars[mid] < cp)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
     return -1;
 }
@@ -308,10 +330,11 @@ int ap_tokenizer_encode(const ap_tokenizer_t *t, const char *text, int flags, co
         int32_t id = s_lookup(t, (uint32_t)cp);
         if (id < 0) {
             char esc[32], hex[17];
-            return ap_err("%s: character %s at position %d (byte %zu) is not in the vocabulary "
-                          "(%s, %d tokens): rebuild vocab.json if the task or its templates changed",
-                          origin, ap_utf8_escape((uint32_t)cp, esc), index, at,
-                          ap_tokenizer_hash_hex(t, hex), ap_tokenizer_vocab_size(t));
+            return ap_err(
+                "%s: character %s at position %d (byte %zu) is not in the vocabulary "
+                "(%s, %d tokens): rebuild vocab.json if the task or its templates changed",
+                origin, ap_utf8_escape((uint32_t)cp, esc), index, at, ap_tokenizer_hash_hex(t, hex),
+                ap_tokenizer_vocab_size(t));
         }
         if (n < cap) out[n] = id;
         n++;
@@ -373,10 +396,12 @@ int ap_tokenizer_save(const ap_tokenizer_t *t, const char *path) {
     json_object_set_new(root, "version", json_integer(S_FILE_VERSION));
     json_object_set_new(root, "size", json_integer(ap_tokenizer_vocab_size(t)));
     json_t *sp = json_array();
-    for (int i = 0; i < t->nspecial; i++) json_array_append_new(sp, json_string(t->specials[i]));
+    for (int i = 0; i < t->nspecial; i++)
+        json_array_append_new(sp, json_string(t->specials[i]));
     json_object_set_new(root, "specials", sp);
     json_t *ch = json_array();
-    for (int i = 0; i < t->nchar; i++) json_array_append_new(ch, json_string(t->text[i]));
+    for (int i = 0; i < t->nchar; i++)
+        json_array_append_new(ch, json_string(t->text[i]));
     json_object_set_new(root, "chars", ch);
     json_object_set_new(root, "hash", json_string(ap_tokenizer_hash_hex(t, hex)));
     char *text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
@@ -403,7 +428,8 @@ int ap_tokenizer_save_dir(const ap_tokenizer_t *t, const char *dir) {
 
 static ap_tokenizer_t *s_fail(json_t *root, char **specials, int nspecial, uint32_t *chars) {
     json_decref(root);
-    for (int i = 0; i < nspecial; i++) free(specials[i]);
+    for (int i = 0; i < nspecial; i++)
+        free(specials[i]);
     free(specials);
     free(chars);
     return NULL;
@@ -413,8 +439,10 @@ ap_tokenizer_t *ap_tokenizer_load(const char *path) {
     json_error_t jerr;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        if (!ap_path_exists(path)) ap_err("%s: no such file (a model directory's vocabulary)", path);
-        else ap_err("%s: line %d: %s", path, jerr.line, jerr.text);
+        if (!ap_path_exists(path))
+            ap_err("%s: no such file (a model directory's vocabulary)", path);
+        else
+            ap_err("%s: line %d: %s", path, jerr.line, jerr.text);
         return NULL;
     }
     char **specials = NULL;
@@ -437,8 +465,9 @@ ap_tokenizer_t *ap_tokenizer_load(const char *path) {
     json_t *sp = json_object_get(root, "specials");
     if (!json_is_array(sp) || json_array_size(sp) < AP_COUNT(s_default_specials) ||
         json_array_size(sp) > 1024) {
-        ap_err("%s: field 'specials' must be an array starting with \"<pad>\", \"<bos>\", \"<eos>\"",
-               path);
+        ap_err(
+            "%s: field 'specials' must be an array starting with \"<pad>\", \"<bos>\", \"<eos>\"",
+            path);
         return s_fail(root, specials, nspecial, chars);
     }
     specials = ap_calloc(json_array_size(sp), sizeof *specials);
@@ -449,7 +478,8 @@ ap_tokenizer_t *ap_tokenizer_load(const char *path) {
             ap_err("%s: specials[%zu] must be a non-empty string", path, i);
             return s_fail(root, specials, nspecial, chars);
         }
-        if (i < AP_COUNT(s_default_specials) && strcmp(json_string_value(s), s_default_specials[i])) {
+        if (i < AP_COUNT(s_default_specials) &&
+            strcmp(json_string_value(s), s_default_specials[i])) {
             ap_err("%s: specials[%zu] must be \"%s\" (fixed id %zu), got \"%s\"", path, i,
                    s_default_specials[i], i, json_string_value(s));
             return s_fail(root, specials, nspecial, chars);
@@ -482,7 +512,8 @@ ap_tokenizer_t *ap_tokenizer_load(const char *path) {
             char e1[32], e2[32];
             ap_err("%s: chars[%d] %s does not come after chars[%d] %s (chars must be sorted by "
                    "code point, without repeats)",
-                   path, i, ap_utf8_escape((uint32_t)cp, e1), i - 1, ap_utf8_escape(chars[i - 1], e2));
+                   path, i, ap_utf8_escape((uint32_t)cp, e1), i - 1,
+                   ap_utf8_escape(chars[i - 1], e2));
             return s_fail(root, specials, nspecial, chars);
         }
         chars[i] = (uint32_t)cp;

@@ -18,9 +18,12 @@ void ap_verifier_defaults(ap_verifier_t *v) {
 }
 
 int ap_verifier_kind_parse(const char *name, int *kind) {
-    if (name && !strcmp(name, "exact")) *kind = AP_VERIFIER_EXACT;
-    else if (name && !strcmp(name, "numeric")) *kind = AP_VERIFIER_NUMERIC;
-    else return ap_err("unknown verifier '%s' (exact, numeric)", name ? name : "(null)");
+    if (name && !strcmp(name, "exact"))
+        *kind = AP_VERIFIER_EXACT;
+    else if (name && !strcmp(name, "numeric"))
+        *kind = AP_VERIFIER_NUMERIC;
+    else
+        return ap_err("unknown verifier '%s' (exact, numeric)", name ? name : "(null)");
     return 0;
 }
 
@@ -39,8 +42,10 @@ static int s_space(char c) {
 /* [b, e) of s without surrounding ASCII whitespace. */
 static void s_trim(const char *s, size_t *b, size_t *e) {
     size_t n = strlen(s), i = 0;
-    while (i < n && s_space(s[i])) i++;
-    while (n > i && s_space(s[n - 1])) n--;
+    while (i < n && s_space(s[i]))
+        i++;
+    while (n > i && s_space(s[n - 1]))
+        n--;
     *b = i;
     *e = n;
 }
@@ -51,17 +56,21 @@ static char *s_canonical(const char *s, size_t b, size_t e) {
     int neg = 0;
     if (b < e && (s[b] == '+' || s[b] == '-')) neg = s[b++] == '-';
     size_t ib = b;
-    while (b < e && s[b] >= '0' && s[b] <= '9') b++;
+    while (b < e && s[b] >= '0' && s[b] <= '9')
+        b++;
     size_t ie = b, fb = b, fe = b;
     if (b < e && s[b] == '.') {
         fb = ++b;
-        while (b < e && s[b] >= '0' && s[b] <= '9') b++;
+        while (b < e && s[b] >= '0' && s[b] <= '9')
+            b++;
         fe = b;
     }
     if (b != e || (ie == ib && fe == fb)) return NULL; /* junk, or no digit at all */
-    while (ib < ie && s[ib] == '0') ib++;              /* leading zeros */
-    while (fe > fb && s[fe - 1] == '0') fe--;          /* trailing fraction zeros */
-    if (ib == ie && fe == fb) return ap_strdup("0");   /* -0 == 0 */
+    while (ib < ie && s[ib] == '0')
+        ib++; /* leading zeros */
+    while (fe > fb && s[fe - 1] == '0')
+        fe--;                                        /* trailing fraction zeros */
+    if (ib == ie && fe == fb) return ap_strdup("0"); /* -0 == 0 */
     return ap_sprintf("%s%.*s%s%.*s", neg ? "-" : "", ib == ie ? 1 : (int)(ie - ib),
                       ib == ie ? "0" : s + ib, fe > fb ? "." : "", (int)(fe - fb), s + fb);
 }
@@ -107,8 +116,10 @@ static void s_feedback(ap_verdict_t *out, const char *expected, const char *got,
     strcpy(out->feedback, "expected ");
     s_quote(out->feedback, AP_FEEDBACK_MAX - 40, expected, eb, ee, S_GOT_MAX_CHARS);
     strcat(out->feedback, ", got ");
-    if (gb == ge) strcat(out->feedback, "nothing");
-    else s_quote(out->feedback, AP_FEEDBACK_MAX - 32, got, gb, ge, S_GOT_MAX_CHARS);
+    if (gb == ge)
+        strcat(out->feedback, "nothing");
+    else
+        s_quote(out->feedback, AP_FEEDBACK_MAX - 32, got, gb, ge, S_GOT_MAX_CHARS);
     if (note && gb != ge) strcat(out->feedback, note);
 }
 
@@ -123,8 +134,10 @@ void ap_verifier_check(const ap_verifier_t *v, const char *expected, const char 
     char *ce = v->kind == AP_VERIFIER_NUMERIC ? s_canonical(expected, eb, ee) : NULL;
     if (ce) {
         char *cg = s_canonical(got, gb, ge);
-        if (cg) correct = !strcmp(ce, cg);
-        else note = " (not a number)";
+        if (cg)
+            correct = !strcmp(ce, cg);
+        else
+            note = " (not a number)";
         free(cg);
         free(ce);
     } else {
@@ -132,8 +145,10 @@ void ap_verifier_check(const ap_verifier_t *v, const char *expected, const char 
     }
     out->correct = correct;
     out->reward = correct ? v->reward_correct : v->reward_wrong;
-    if (correct) strcpy(out->feedback, "correct");
-    else s_feedback(out, expected, got, gb, ge, note);
+    if (correct)
+        strcpy(out->feedback, "correct");
+    else
+        s_feedback(out, expected, got, gb, ge, note);
 }
 
 void ap_verifier_no_answer(const ap_verifier_t *v, const char *expected, const char *completion,

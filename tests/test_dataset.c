@@ -19,13 +19,14 @@ static char *s_write(const char *name, const char *text, size_t len) {
 }
 
 static void s_valid(void) {
-    const char text[] = "\xEF\xBB\xBF{\"prompt\": \"1+2=\", \"answer\": \"3\"}\n"
-                        "\n"
-                        "   \t\n"
-                        "{\"prompt\": \"2+2=\", \"answer\": \"4\", \"solution\": \"2+2=4\", \"id\": \"q2\"}\r\n"
-                        "{\"prompt\": \"héllo\", \"answer\": \"\", \"solution\": null, \"id\": 17, "
-                        "\"source\": \"x\", \"difficulty\": 3}\n"
-                        "{\"answer\": \"5\", \"prompt\": \"2+3=\"}"; /* no final newline */
+    const char text[] =
+        "\xEF\xBB\xBF{\"prompt\": \"1+2=\", \"answer\": \"3\"}\n"
+        "\n"
+        "   \t\n"
+        "{\"prompt\": \"2+2=\", \"answer\": \"4\", \"solution\": \"2+2=4\", \"id\": \"q2\"}\r\n"
+        "{\"prompt\": \"héllo\", \"answer\": \"\", \"solution\": null, \"id\": 17, "
+        "\"source\": \"x\", \"difficulty\": 3}\n"
+        "{\"answer\": \"5\", \"prompt\": \"2+3=\"}"; /* no final newline */
     char *path = s_write("valid", text, sizeof text - 1);
     ap_dataset_t *d = ap_dataset_load(path, AP_BAD_LINE_ERROR);
     AP_CHECK(d != NULL, "valid file refused: %s", ap_errmsg());
@@ -45,7 +46,8 @@ static void s_valid(void) {
         AP_CHECK(!strcmp(e2->prompt, "héllo") && !strcmp(e2->answer, "") && !e2->solution &&
                      !strcmp(e2->id, "17"),
                  "utf-8, empty answer, null solution, integer id '%s'", e2->id);
-        AP_CHECK(!strcmp(e3->prompt, "2+3=") && ap_dataset_line(d, 3) == 6, "last line w/o newline");
+        AP_CHECK(!strcmp(e3->prompt, "2+3=") && ap_dataset_line(d, 3) == 6,
+                 "last line w/o newline");
         printf("valid file: %d examples, %ld blank lines\n", ap_dataset_size(d),
                ap_dataset_blank_lines(d));
     }
@@ -89,14 +91,16 @@ static void s_bad_lines(void) {
     S_BAD("bad-json", "{\"prompt\": \"1+1=\", \"answer\": }", "bad JSON");
     S_BAD("truncated", "{\"prompt\": \"1+1=\", \"answer\": \"2\"", "bad JSON");
     S_BAD("trailing", "{\"prompt\": \"1\", \"answer\": \"2\"} x", "bad JSON");
-    S_BAD("two-objects", "{\"prompt\": \"1\", \"answer\": \"2\"}{\"prompt\": \"1\", \"answer\": \"2\"}",
+    S_BAD("two-objects",
+          "{\"prompt\": \"1\", \"answer\": \"2\"}{\"prompt\": \"1\", \"answer\": \"2\"}",
           "bad JSON");
     S_BAD("array", "[\"1+1=\", \"2\"]", "got an array");
     S_BAD("string", "\"1+1=\"", "got a string");
     S_BAD("number", "42", "got an integer");
     S_BAD("missing-prompt", "{\"answer\": \"2\"}", "missing \"prompt\"");
     S_BAD("missing-answer", "{\"prompt\": \"1+1=\"}", "missing \"answer\"");
-    S_BAD("prompt-type", "{\"prompt\": 11, \"answer\": \"2\"}", "\"prompt\" must be a string, got an integer");
+    S_BAD("prompt-type", "{\"prompt\": 11, \"answer\": \"2\"}",
+          "\"prompt\" must be a string, got an integer");
     S_BAD("answer-type", "{\"prompt\": \"1+1=\", \"answer\": 2}", "\"answer\" must be a string");
     S_BAD("answer-null", "{\"prompt\": \"1+1=\", \"answer\": null}", "got null");
     S_BAD("solution-type", "{\"prompt\": \"1\", \"answer\": \"2\", \"solution\": [1]}",
@@ -104,7 +108,8 @@ static void s_bad_lines(void) {
     S_BAD("id-type", "{\"prompt\": \"1\", \"answer\": \"2\", \"id\": true}", "\"id\" must be");
     S_BAD("id-real", "{\"prompt\": \"1\", \"answer\": \"2\", \"id\": 1.5}", "got a number");
     S_BAD("empty-prompt", "{\"prompt\": \"\", \"answer\": \"2\"}", "\"prompt\" is empty");
-    S_BAD("duplicate-key", "{\"prompt\": \"1\", \"prompt\": \"2\", \"answer\": \"2\"}", "duplicate");
+    S_BAD("duplicate-key", "{\"prompt\": \"1\", \"prompt\": \"2\", \"answer\": \"2\"}",
+          "duplicate");
     S_BAD("bad-utf8", "{\"prompt\": \"1\xFF\", \"answer\": \"2\"}", "bad JSON");
     S_BAD("nul-byte", "{\"prompt\": \"1\0\", \"answer\": \"2\"}", "bad JSON");
     S_BAD("nul-escape", "{\"prompt\": \"1\\u0000\", \"answer\": \"2\"}", "bad JSON");
@@ -137,7 +142,8 @@ static void s_skip_policy(void) {
         const char *want[] = {"a", "c", "d", "g"};
         const int lines[] = {1, 5, 8, 11};
         for (int i = 0; i < 4; i++)
-            AP_CHECK(!strcmp(ap_dataset_get(d, i)->prompt, want[i]) && ap_dataset_line(d, i) == lines[i],
+            AP_CHECK(!strcmp(ap_dataset_get(d, i)->prompt, want[i]) &&
+                         ap_dataset_line(d, i) == lines[i],
                      "example %d", i);
         printf("skip policy: %d kept, %ld bad lines counted, first: %s\n", ap_dataset_size(d),
                ap_dataset_bad_lines(d), ap_dataset_first_bad(d));
@@ -174,7 +180,8 @@ static void s_skip_policy(void) {
     free(path);
     /* a binary file: one "line" of garbage */
     char garbage[300];
-    for (int i = 0; i < 300; i++) garbage[i] = (char)(i * 37 + 11);
+    for (int i = 0; i < 300; i++)
+        garbage[i] = (char)(i * 37 + 11);
     path = s_write("garbage", garbage, sizeof garbage);
     d = ap_dataset_load(path, AP_BAD_LINE_ERROR);
     AP_CHECK(d == NULL && strstr(ap_errmsg(), path), "garbage: %s", ap_errmsg());

@@ -22,7 +22,8 @@ static ap_task_t *s_new(ap_task_config_t *c) {
 
 static int s_digits(unsigned long long x) {
     int d = 1;
-    while (x >= 10) x /= 10, d++;
+    while (x >= 10)
+        x /= 10, d++;
     return d;
 }
 
@@ -40,25 +41,31 @@ static void s_check_example(const ap_task_config_t *c, const ap_example_t *ex) {
         AP_CHECK(!strcmp(ex->answer, buf), "%s -> '%s', want %s", ex->prompt, ex->answer, buf);
         AP_CHECK(s_digits(a) >= c->min_digits && s_digits(a) <= c->max_digits, "digits of a in %s",
                  ex->prompt);
-        int blo = add ? c->min_digits : c->factor_min_digits, bhi = add ? c->max_digits : c->factor_max_digits;
+        int blo = add ? c->min_digits : c->factor_min_digits,
+            bhi = add ? c->max_digits : c->factor_max_digits;
         AP_CHECK(s_digits(b) >= blo && s_digits(b) <= bhi, "digits of b in %s", ex->prompt);
         AP_CHECK(ex->solution != NULL, "arithmetic has a solution");
     } else {
         int rev = !strcmp(c->kind, "reverse");
         const char *head = rev ? "reverse:" : "sort:";
         size_t hl = strlen(head), pl = strlen(ex->prompt);
-        AP_CHECK(!strncmp(ex->prompt, head, hl) && ex->prompt[pl - 1] == '=', "prompt '%s'", ex->prompt);
+        AP_CHECK(!strncmp(ex->prompt, head, hl) && ex->prompt[pl - 1] == '=', "prompt '%s'",
+                 ex->prompt);
         char s[128];
         size_t len = pl - hl - 1;
         memcpy(s, ex->prompt + hl, len);
         s[len] = 0;
-        AP_CHECK((int)len >= c->min_length && (int)len <= c->max_length, "length of %s", ex->prompt);
-        for (size_t i = 0; i < len; i++) AP_CHECK(strchr(c->alphabet, s[i]), "char of %s", ex->prompt);
+        AP_CHECK((int)len >= c->min_length && (int)len <= c->max_length, "length of %s",
+                 ex->prompt);
+        for (size_t i = 0; i < len; i++)
+            AP_CHECK(strchr(c->alphabet, s[i]), "char of %s", ex->prompt);
         char want[128];
-        for (size_t i = 0; i < len; i++) want[i] = s[i];
+        for (size_t i = 0; i < len; i++)
+            want[i] = s[i];
         want[len] = 0;
         if (rev)
-            for (size_t i = 0; i < len; i++) want[i] = s[len - 1 - i];
+            for (size_t i = 0; i < len; i++)
+                want[i] = s[len - 1 - i];
         else
             for (size_t i = 1; i < len; i++)
                 for (size_t j = i; j > 0 && want[j - 1] > want[j]; j--) {
@@ -89,7 +96,8 @@ static void s_split_case(const char *name, ap_task_config_t *c, int n, int actor
         AP_CHECK(ap_task_is_heldout(t, ex.prompt), "%s: held-out %s not on the held-out side", name,
                  ex.prompt);
         s_check_example(c, &ex);
-        for (int j = 0; j < i; j++) AP_CHECK(strcmp(hp[j], ex.prompt), "%s: repeated %s", name, ex.prompt);
+        for (int j = 0; j < i; j++)
+            AP_CHECK(strcmp(hp[j], ex.prompt), "%s: repeated %s", name, ex.prompt);
         hp[i] = ap_strdup(ex.prompt);
         ap_example_clear(&ex);
     }
@@ -100,7 +108,8 @@ static void s_split_case(const char *name, ap_task_config_t *c, int n, int actor
             ap_example_t ex = {0};
             ap_task_sampler_next(s, &ex);
             if (ap_task_is_heldout(t, ex.prompt)) leaked++;
-            for (int j = 0; j < H; j++) leaked += !strcmp(hp[j], ex.prompt);
+            for (int j = 0; j < H; j++)
+                leaked += !strcmp(hp[j], ex.prompt);
             if (k < 200) s_check_example(c, &ex);
             ap_example_clear(&ex);
             drawn++;
@@ -132,14 +141,16 @@ static void s_split_case(const char *name, ap_task_config_t *c, int n, int actor
         for (int i = 0; w && i < H; i++) {
             ap_example_t ex = {0};
             ap_task_heldout_get(w, i, &ex);
-            for (int j = 0; j < H; j++) common += !strcmp(ex.prompt, hp[j]);
+            for (int j = 0; j < H; j++)
+                common += !strcmp(ex.prompt, hp[j]);
             ap_example_clear(&ex);
         }
         AP_CHECK(common < H, "%s: heldout_seed does not change the set", name);
         ap_task_destroy(&w);
     }
     ap_task_destroy(&u);
-    for (int i = 0; i < H; i++) free(hp[i]);
+    for (int i = 0; i < H; i++)
+        free(hp[i]);
     free(hp);
     ap_task_destroy(&t);
 }
@@ -189,7 +200,8 @@ static void s_split(void) {
             if (!seen[a * 10 + b]++) distinct++;
             ap_example_clear(&ex);
         }
-        AP_CHECK(distinct == 70, "1-digit addition, 30 held out: %d distinct training prompts", distinct);
+        AP_CHECK(distinct == 70, "1-digit addition, 30 held out: %d distinct training prompts",
+                 distinct);
         ap_task_sampler_destroy(&s);
     }
     ap_task_destroy(&t);
@@ -201,7 +213,8 @@ static void s_split(void) {
     printf("refused: %s\n", ap_errmsg());
     c.heldout_size = 0;
     t = s_new(&c);
-    AP_CHECK(t && ap_task_heldout_count(t) == 0 && !ap_task_is_heldout(t, "1+2="), "no held-out set");
+    AP_CHECK(t && ap_task_heldout_count(t) == 0 && !ap_task_is_heldout(t, "1+2="),
+             "no held-out set");
     ap_task_destroy(&t);
 }
 
@@ -234,7 +247,8 @@ static void s_determinism(void) {
     AP_CHECK(strcmp(a, d) != 0, "actors 0 and 1 draw the same stream");
     AP_CHECK(strcmp(a, e) != 0, "seeds 1 and 2 draw the same stream");
     /* shards overlap only by chance: count common prompts among the first 200 */
-    printf("determinism: seed/actor streams equal; actor 1 and seed 2 differ (first: %.40s...)\n", a);
+    printf("determinism: seed/actor streams equal; actor 1 and seed 2 differ (first: %.40s...)\n",
+           a);
     free(a);
     free(b);
     free(d);
@@ -273,7 +287,8 @@ static void s_cursor(ap_task_config_t *c, const char *name) {
     ap_task_t *t2 = s_new(c);
     ap_task_sampler_t *r = ap_task_sampler_new(t2, 1, 3);
     ap_task_cursor_t back;
-    AP_CHECK(ap_task_cursor_from_json(json, "ckpt", &back) == 0, "%s: from_json: %s", name, ap_errmsg());
+    AP_CHECK(ap_task_cursor_from_json(json, "ckpt", &back) == 0, "%s: from_json: %s", name,
+             ap_errmsg());
     AP_CHECK(!memcmp(&back, &cur, sizeof cur) || (back.task == cur.task && back.drawn == cur.drawn),
              "%s: JSON round trip", name);
     AP_CHECK(ap_task_sampler_restore(r, &back) == 0, "%s: restore: %s", name, ap_errmsg());
@@ -307,17 +322,22 @@ static void s_cursor(ap_task_config_t *c, const char *name) {
     bad = back;
     bad.drawn = -1;
     AP_CHECK(ap_task_sampler_restore(r, &bad) < 0, "%s: negative", name);
-    const char *badjson[] = {"", "{", "[]", "{\"task\": \"zz\"}",
-                             "{\"task\": \"0000000000000000\", \"seed\": 1, \"actor\": 3, "
-                             "\"num_actors\": 3, \"rng\": [\"0000000000000001\", \"0000000000000001\", "
-                             "\"0000000000000001\", \"0000000000000001\"], \"drawn\": 0, \"epoch\": 0, "
-                             "\"pos\": 0}",
-                             "{\"task\": \"0000000000000000\", \"seed\": 1, \"actor\": 0, "
-                             "\"num_actors\": 3, \"rng\": [1, 2, 3, 4], \"drawn\": 0, \"epoch\": 0, "
-                             "\"pos\": 0}"};
+    const char *badjson[] = {
+        "",
+        "{",
+        "[]",
+        "{\"task\": \"zz\"}",
+        "{\"task\": \"0000000000000000\", \"seed\": 1, \"actor\": 3, "
+        "\"num_actors\": 3, \"rng\": [\"0000000000000001\", \"0000000000000001\", "
+        "\"0000000000000001\", \"0000000000000001\"], \"drawn\": 0, \"epoch\": 0, "
+        "\"pos\": 0}",
+        "{\"task\": \"0000000000000000\", \"seed\": 1, \"actor\": 0, "
+        "\"num_actors\": 3, \"rng\": [1, 2, 3, 4], \"drawn\": 0, \"epoch\": 0, "
+        "\"pos\": 0}"};
     for (size_t i = 0; i < AP_COUNT(badjson); i++) {
         ap_task_cursor_t x;
-        AP_CHECK(ap_task_cursor_from_json(badjson[i], "ckpt/x", &x) < 0 && strstr(ap_errmsg(), "ckpt/x"),
+        AP_CHECK(ap_task_cursor_from_json(badjson[i], "ckpt/x", &x) < 0 &&
+                     strstr(ap_errmsg(), "ckpt/x"),
                  "%s: bad cursor JSON %zu accepted: %s", name, i, ap_errmsg());
     }
     ap_task_sampler_destroy(&r);
@@ -374,7 +394,8 @@ static void s_dataset(void) {
         }
         ap_task_cursor_t cur;
         ap_task_sampler_cursor(s, &cur);
-        AP_CHECK(cur.epoch == 0 && cur.pos == shard, "actor %d: epoch %lld pos %lld", a, cur.epoch, cur.pos);
+        AP_CHECK(cur.epoch == 0 && cur.pos == shard, "actor %d: epoch %lld pos %lld", a, cur.epoch,
+                 cur.pos);
         ap_example_t ex = {0};
         ap_task_sampler_next(s, &ex); /* the next epoch starts */
         ap_example_clear(&ex);
@@ -382,15 +403,16 @@ static void s_dataset(void) {
         AP_CHECK(cur.epoch == 1 && cur.pos == 1, "actor %d: new epoch", a);
         ap_task_sampler_destroy(&s);
     }
-    AP_CHECK(total == ntrain && leaked == 0, "one epoch: %ld draws of %ld, %d held out", total, ntrain,
-             leaked);
+    AP_CHECK(total == ntrain && leaked == 0, "one epoch: %ld draws of %ld, %d held out", total,
+             ntrain, leaked);
     /* every training line exactly once: prompt q appears as often as its lines */
     int bad = 0;
     for (int q = 0; q < 300; q++) {
         char p[16];
         snprintf(p, sizeof p, "q%d?", q);
         int lines = 0;
-        for (int i = 0; i < 300; i++) lines += (i % 10 == 9 ? i - 1 : i) == q;
+        for (int i = 0; i < 300; i++)
+            lines += (i % 10 == 9 ? i - 1 : i) == q;
         int want = ap_task_is_heldout(t, p) ? 0 : lines;
         bad += count[q] != want;
     }
@@ -399,7 +421,8 @@ static void s_dataset(void) {
     /* held-out examples keep their solution and id */
     ap_example_t ex = {0};
     ap_task_heldout_get(t, 0, &ex);
-    AP_CHECK(ex.solution && ex.solution[0] == 's' && strstr(ex.id, "train.jsonl:"), "held-out fields");
+    AP_CHECK(ex.solution && ex.solution[0] == 's' && strstr(ex.id, "train.jsonl:"),
+             "held-out fields");
     ap_example_clear(&ex);
     /* more actors than examples still works */
     ap_task_sampler_t *s = ap_task_sampler_new(t, 299, 300);
@@ -415,7 +438,8 @@ static void s_dataset(void) {
     /* a held-out file: its prompts are dropped from training */
     char *held = ap_sprintf("%s/held.jsonl", s_dir);
     FILE *f = fopen(held, "w");
-    for (int i = 0; i < 40; i += 2) fprintf(f, "{\"prompt\": \"q%d?\", \"answer\": \"%d\"}\n", i, i);
+    for (int i = 0; i < 40; i += 2)
+        fprintf(f, "{\"prompt\": \"q%d?\", \"answer\": \"%d\"}\n", i, i);
     fprintf(f, "{\"prompt\": \"new?\", \"answer\": \"x\"}\n");
     fclose(f);
     c.heldout_dataset = held;
@@ -466,7 +490,8 @@ static void s_tokens(void) {
         if (!t) continue;
         ap_tokenizer_t *tok = ap_task_build_tokenizer(t);
         AP_CHECK(tok != NULL, "%s: tokenizer: %s", kinds[k], ap_errmsg());
-        AP_CHECK(ap_task_check_tokenizer(t, tok, "own") == 0, "%s: own vocab: %s", kinds[k], ap_errmsg());
+        AP_CHECK(ap_task_check_tokenizer(t, tok, "own") == 0, "%s: own vocab: %s", kinds[k],
+                 ap_errmsg());
         ap_task_sampler_t *s = ap_task_sampler_new(t, 0, 1);
         int failures = 0;
         for (int i = 0; i < 1000; i++) {
@@ -505,7 +530,8 @@ static void s_tokens(void) {
             free(ids);
             ap_example_clear(&ex);
         }
-        AP_CHECK(failures == 0, "%s: %d of 1000 examples failed to encode/verify", kinds[k], failures);
+        AP_CHECK(failures == 0, "%s: %d of 1000 examples failed to encode/verify", kinds[k],
+                 failures);
         char hex[17];
         printf("tokens %-14s V=%-3d hash %s  1000 examples encode, gold completions verify\n",
                kinds[k], ap_tokenizer_vocab_size(tok), ap_tokenizer_hash_hex(tok, hex));
@@ -526,7 +552,8 @@ static void s_tokens(void) {
     printf("refused: %s\n", ap_errmsg());
     ap_example_t ex = {.prompt = "12*3=", .answer = "36", .id = "mul:1"};
     int n;
-    AP_CHECK(ap_task_encode_prompt(mul, tok, &ex, &n) == NULL && strstr(ap_errmsg(), "mul:1: prompt"),
+    AP_CHECK(ap_task_encode_prompt(mul, tok, &ex, &n) == NULL &&
+                 strstr(ap_errmsg(), "mul:1: prompt"),
              "encode with foreign vocab: %s", ap_errmsg());
     /* default templates: V is small and reproducible */
     ap_tokenizer_t *tok2 = ap_task_build_tokenizer(add);
@@ -551,10 +578,14 @@ static void s_solutions(void) {
         int a, b;
         sscanf(ex.prompt, "%d+%d=", &a, &b);
         char want[64];
-        int x0 = a % 10, y0 = b % 10, s0 = x0 + y0, x1 = a / 10, y1 = b / 10, s1 = x1 + y1 + (s0 >= 10);
-        if (s0 >= 10) snprintf(want, sizeof want, "%d+%d=%d,%d+%d+1=%d", x0, y0, s0, x1, y1, s1);
-        else snprintf(want, sizeof want, "%d+%d=%d,%d+%d=%d", x0, y0, s0, x1, y1, s1);
-        AP_CHECK(!strcmp(ex.solution, want), "%s solution '%s' want '%s'", ex.prompt, ex.solution, want);
+        int x0 = a % 10, y0 = b % 10, s0 = x0 + y0, x1 = a / 10, y1 = b / 10,
+            s1 = x1 + y1 + (s0 >= 10);
+        if (s0 >= 10)
+            snprintf(want, sizeof want, "%d+%d=%d,%d+%d+1=%d", x0, y0, s0, x1, y1, s1);
+        else
+            snprintf(want, sizeof want, "%d+%d=%d,%d+%d=%d", x0, y0, s0, x1, y1, s1);
+        AP_CHECK(!strcmp(ex.solution, want), "%s solution '%s' want '%s'", ex.prompt, ex.solution,
+                 want);
         if (k == 0) printf("solution %s %s -> %s\n", ex.prompt, ex.answer, ex.solution);
         ap_example_clear(&ex);
     }
@@ -569,7 +600,8 @@ static void s_solutions(void) {
         ap_task_sampler_next(s, &ex);
         /* the solution ends with "=answer" and each step is a true product */
         size_t la = strlen(ex.answer), ls = strlen(ex.solution);
-        AP_CHECK(ls > la && !strcmp(ex.solution + ls - la, ex.answer) && ex.solution[ls - la - 1] == '=',
+        AP_CHECK(ls > la && !strcmp(ex.solution + ls - la, ex.answer) &&
+                     ex.solution[ls - la - 1] == '=',
                  "%s solution '%s'", ex.prompt, ex.solution);
         if (k == 0) printf("solution %s %s -> %s\n", ex.prompt, ex.answer, ex.solution);
         ap_example_clear(&ex);

@@ -22,10 +22,18 @@ static const s_bad_t s_bad[] = {
     {"kind", {{"kind", "subtraction"}}, "task.kind", "subtraction"},
     {"min_digits 0", {{"min_digits", "0"}}, "task.min_digits", "1..18"},
     {"max_digits 19", {{"max_digits", "19"}}, "task.max_digits", "1..18"},
-    {"digits order", {{"min_digits", "3"}, {"max_digits", "2"}}, "task.max_digits", ">= task.min_digits"},
-    {"factor digits", {{"kind", "multiplication"}, {"factor_min_digits", "0"}}, "task.factor_min_digits", NULL},
-    {"product too wide", {{"kind", "multiplication"}, {"max_digits", "18"}, {"factor_max_digits", "2"}},
-     "task.factor_max_digits", "19"},
+    {"digits order",
+     {{"min_digits", "3"}, {"max_digits", "2"}},
+     "task.max_digits",
+     ">= task.min_digits"},
+    {"factor digits",
+     {{"kind", "multiplication"}, {"factor_min_digits", "0"}},
+     "task.factor_min_digits",
+     NULL},
+    {"product too wide",
+     {{"kind", "multiplication"}, {"max_digits", "18"}, {"factor_max_digits", "2"}},
+     "task.factor_max_digits",
+     "19"},
     {"length 0", {{"kind", "reverse"}, {"min_length", "0"}}, "task.min_length", NULL},
     {"length 65", {{"kind", "sort"}, {"max_length", "65"}}, "task.max_length", "64"},
     {"alphabet empty", {{"kind", "reverse"}, {"alphabet", ""}}, "task.alphabet", "empty"},
@@ -37,21 +45,36 @@ static const s_bad_t s_bad[] = {
     {"heldout_size", {{"heldout_size", "-1"}}, "task.heldout_size", NULL},
     {"verifier", {{"verifier", "regex"}}, "task.verifier", "regex"},
     {"numeric reverse", {{"kind", "reverse"}, {"verifier", "numeric"}}, "task.verifier", "reverse"},
-    {"rewards order", {{"reward_correct", "0"}, {"reward_wrong", "1"}}, "task.reward_correct", "greater"},
+    {"rewards order",
+     {{"reward_correct", "0"}, {"reward_wrong", "1"}},
+     "task.reward_correct",
+     "greater"},
     {"reward nan", {{"reward_correct", "nan"}}, "task.reward_correct", "finite"},
     {"reward inf", {{"reward_wrong", "-inf"}}, "task.reward_wrong", "finite"},
-    {"privileged unknown", {{"privileged_template", "hint {hint} {prompt}"}}, "task.privileged_template",
+    {"privileged unknown",
+     {{"privileged_template", "hint {hint} {prompt}"}},
+     "task.privileged_template",
      "unknown placeholder {hint}"},
     {"prompt no {prompt}", {{"prompt_template", "Q:"}}, "task.prompt_template", "{prompt}"},
-    {"prompt leaks answer", {{"prompt_template", "{prompt} {answer}"}}, "task.prompt_template",
+    {"prompt leaks answer",
+     {{"prompt_template", "{prompt} {answer}"}},
+     "task.prompt_template",
      "not allowed"},
-    {"completion no answer", {{"completion_template", "{solution}"}}, "task.completion_template",
+    {"completion no answer",
+     {{"completion_template", "{solution}"}},
+     "task.completion_template",
      "exactly once"},
-    {"completion twice", {{"completion_template", "{answer} {answer}"}}, "task.completion_template",
+    {"completion twice",
+     {{"completion_template", "{answer} {answer}"}},
+     "task.completion_template",
      "exactly once"},
-    {"completion ambiguous", {{"completion_template", "{solution}{answer}"}}, "task.completion_template",
+    {"completion ambiguous",
+     {{"completion_template", "{solution}{answer}"}},
+     "task.completion_template",
      "directly follows"},
-    {"completion sibling", {{"completion_template", "{answer} {sibling}"}}, "task.completion_template",
+    {"completion sibling",
+     {{"completion_template", "{answer} {sibling}"}},
+     "task.completion_template",
      "not allowed"},
     {"brace", {{"completion_template", "{answer"}}, "task.completion_template", "not closed"},
 };
@@ -94,7 +117,8 @@ static void s_refusals(void) {
              "NULL template: %s", ap_errmsg());
     ap_task_config_defaults(&c);
     c.verifier = NULL;
-    AP_CHECK(ap_task_config_validate(&c) < 0 && strstr(ap_errmsg(), "task.verifier"), "NULL verifier");
+    AP_CHECK(ap_task_config_validate(&c) < 0 && strstr(ap_errmsg(), "task.verifier"),
+             "NULL verifier");
 }
 
 static void s_set_and_dump(void) {
@@ -103,11 +127,13 @@ static void s_set_and_dump(void) {
     AP_CHECK(ap_task_config_set(&c, "task.kind", "sort") == 0 && !strcmp(c.kind, "sort"), "kind");
     AP_CHECK(ap_task_config_set(&c, "max_length", "12") == 0 && c.max_length == 12, "int");
     AP_CHECK(ap_task_config_set(&c, "seed", "-9000000000") == 0 && c.seed == -9000000000LL, "ll");
-    AP_CHECK(ap_task_config_set(&c, "reward_wrong", "-0.25") == 0 && c.reward_wrong == -0.25, "double");
+    AP_CHECK(ap_task_config_set(&c, "reward_wrong", "-0.25") == 0 && c.reward_wrong == -0.25,
+             "double");
     AP_CHECK(ap_task_config_set(&c, "task.bogus", "1") < 0 && strstr(ap_errmsg(), "task.bogus") &&
                  strstr(ap_errmsg(), "unknown key"),
              "unknown key: %s", ap_errmsg());
-    AP_CHECK(ap_task_config_set(&c, "max_digits", "3x") < 0 && strstr(ap_errmsg(), "task.max_digits"),
+    AP_CHECK(ap_task_config_set(&c, "max_digits", "3x") < 0 &&
+                 strstr(ap_errmsg(), "task.max_digits"),
              "bad int: %s", ap_errmsg());
     AP_CHECK(ap_task_config_set(&c, "max_digits", "") < 0, "empty int");
     AP_CHECK(ap_task_config_set(&c, "max_digits", "99999999999") < 0, "int overflow");
@@ -117,9 +143,14 @@ static void s_set_and_dump(void) {
     AP_CHECK(ap_task_config_validate(&c) == 0, "after sets: %s", ap_errmsg());
     c.prompt_template = "Q: \"{prompt}\"\n";
     char *dump = ap_task_config_dump(&c);
-    const char *keys[] = {"kind: \"sort\"", "max_length: 12", "seed: -9000000000", "reward_wrong: -0.25",
-                          "prompt_template: \"Q: \\\"{prompt}\\\"\\n\"", "privileged_template:",
-                          "heldout_size: 256", "on_bad_line: \"error\""};
+    const char *keys[] = {"kind: \"sort\"",
+                          "max_length: 12",
+                          "seed: -9000000000",
+                          "reward_wrong: -0.25",
+                          "prompt_template: \"Q: \\\"{prompt}\\\"\\n\"",
+                          "privileged_template:",
+                          "heldout_size: 256",
+                          "on_bad_line: \"error\""};
     for (size_t i = 0; i < AP_COUNT(keys); i++)
         AP_CHECK(strstr(dump, keys[i]) != NULL, "dump lacks '%s':\n%s", keys[i], dump);
     printf("%s", dump);

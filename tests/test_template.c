@@ -24,10 +24,10 @@ static void s_render_each(void) {
         {"{prompt}", "123+234=", AP_TPL_PROMPT},
         {"answer: {answer} | {prompt}", "answer: 357 | 123+234=", AP_TPL_ANSWER | AP_TPL_PROMPT},
         {"{solution}\n{prompt}", "3+4=7,2+3=5,1+2=3\n123+234=", AP_TPL_SOLUTION | AP_TPL_PROMPT},
-        {"feedback: {feedback}. {prompt}", "feedback: expected 357, got 375. 123+234=",
-         AP_TPL_FEEDBACK | AP_TPL_PROMPT},
-        {"a correct attempt: {sibling} | {prompt}", "a correct attempt: 357 | 123+234=",
-         AP_TPL_SIBLING | AP_TPL_PROMPT},
+        {"feedback: {feedback}. {prompt}",
+         "feedback: expected 357, got 375. 123+234=", AP_TPL_FEEDBACK | AP_TPL_PROMPT},
+        {"a correct attempt: {sibling} | {prompt}",
+         "a correct attempt: 357 | 123+234=", AP_TPL_SIBLING | AP_TPL_PROMPT},
         {"{answer}{answer}", "357357", AP_TPL_ANSWER},
         {"{{x}} {{{answer}}} }}{{", "{x} {357} }{", AP_TPL_ANSWER},
         {"no placeholders", "no placeholders", 0},
@@ -66,9 +66,11 @@ static void s_missing_var(void) {
     ap_template_t *t = ap_template_new("{sibling} | {prompt}", AP_TPL_ALL, "k");
     ap_template_vars_t v = {.prompt = "1+1="};
     char *out = (char *)1;
-    AP_CHECK(ap_template_render(t, &v, &out) == 0 && out == NULL, "missing sibling renders nothing");
+    AP_CHECK(ap_template_render(t, &v, &out) == 0 && out == NULL,
+             "missing sibling renders nothing");
     v.sibling = "";
-    AP_CHECK(ap_template_render(t, &v, &out) == 1 && !strcmp(out, " | 1+1="), "empty sibling is a value");
+    AP_CHECK(ap_template_render(t, &v, &out) == 1 && !strcmp(out, " | 1+1="),
+             "empty sibling is a value");
     free(out);
     ap_template_destroy(&t);
 }
@@ -156,7 +158,9 @@ static ap_task_t *s_task(const char *kind, const char *prompt_tpl, const char *p
 }
 
 static void s_privileged(void) {
-    ap_example_t ex = {.prompt = "123+234=", .answer = "357", .solution = "3+4=7,2+3=5,1+2=3",
+    ap_example_t ex = {.prompt = "123+234=",
+                       .answer = "357",
+                       .solution = "3+4=7,2+3=5,1+2=3",
                        .id = "addition:123+234="};
     /* the brief's example: teacher sees "answer: 357 | 123+234=", student "123+234=" */
     ap_task_t *t = s_task("addition", "{prompt}", "answer: {answer} | {prompt}");
@@ -172,7 +176,8 @@ static void s_privileged(void) {
     /* {prompt} in the privileged template is the rendered student prompt */
     t = s_task("addition", "Q: {prompt}\nA: ", "hint {answer}\n{prompt}");
     h = ap_task_render_privileged(t, &ex, NULL, 0, 0, &ctx);
-    AP_CHECK(h == 1 && !strcmp(ctx, "hint 357\nQ: 123+234=\nA: "), "rendered prompt inside: '%s'", ctx);
+    AP_CHECK(h == 1 && !strcmp(ctx, "hint 357\nQ: 123+234=\nA: "), "rendered prompt inside: '%s'",
+             ctx);
     free(ctx);
     ap_task_destroy(&t);
 

@@ -42,7 +42,8 @@ static void s_ids_and_order(void) {
     AP_CHECK(ap_tokenizer_builder_build(&b) == NULL && b == NULL, "empty builder refused");
     AP_CHECK(strstr(ap_errmsg(), "no characters") != NULL, "msg: %s", ap_errmsg());
     b = ap_tokenizer_builder_new();
-    AP_CHECK(ap_tokenizer_builder_add(b, "ok\xC3(", "bad.txt:3: prompt") < 0, "invalid UTF-8 added");
+    AP_CHECK(ap_tokenizer_builder_add(b, "ok\xC3(", "bad.txt:3: prompt") < 0,
+             "invalid UTF-8 added");
     AP_CHECK(strstr(ap_errmsg(), "bad.txt:3: prompt") && strstr(ap_errmsg(), "byte 2"), "msg: %s",
              ap_errmsg());
     ap_tokenizer_builder_destroy(&b);
@@ -52,7 +53,8 @@ static void s_round_trip(void) {
     const char *texts[] = {"123+234=", "", "héllo wörld ✓ 🙂\n", "a\tb"};
     ap_tokenizer_t *t = s_build(texts[0], texts[2]);
     ap_tokenizer_builder_t *b = ap_tokenizer_builder_new();
-    for (size_t i = 0; i < AP_COUNT(texts); i++) ap_tokenizer_builder_add(b, texts[i], "t");
+    for (size_t i = 0; i < AP_COUNT(texts); i++)
+        ap_tokenizer_builder_add(b, texts[i], "t");
     ap_tokenizer_destroy(&t);
     t = ap_tokenizer_builder_build(&b);
     for (size_t i = 0; i < AP_COUNT(texts); i++) {
@@ -145,7 +147,8 @@ static void s_hash(void) {
                  strstr(ap_errmsg(), "mismatch"),
              "msg: %s", ap_errmsg());
     printf("refused mismatch: %s\n", ap_errmsg());
-    AP_CHECK(ap_tokenizer_check_hash(a, "student", ap_tokenizer_hash(b), "teacher") == 0, "hash eq");
+    AP_CHECK(ap_tokenizer_check_hash(a, "student", ap_tokenizer_hash(b), "teacher") == 0,
+             "hash eq");
     AP_CHECK(ap_tokenizer_check_hash(a, "student", ap_tokenizer_hash(c), "teacher 2") < 0 &&
                  strstr(ap_errmsg(), "teacher 2"),
              "hash mismatch: %s", ap_errmsg());
@@ -179,8 +182,8 @@ static void s_files(void) {
              ap_errmsg());
     char *hf = ap_sprintf("%s/tokenizer.json", empty);
     ap_file_write_atomic(hf, "{}", 2);
-    AP_CHECK(ap_tokenizer_load_dir(empty) == NULL && strstr(ap_errmsg(), "not supported"),
-             "hf: %s", ap_errmsg());
+    AP_CHECK(ap_tokenizer_load_dir(empty) == NULL && strstr(ap_errmsg(), "not supported"), "hf: %s",
+             ap_errmsg());
     free(hf);
     free(empty);
     free(dir);
@@ -193,8 +196,10 @@ static void s_refused(const char *name, const char *text, const char *must) {
     ap_file_write_atomic(path, text, strlen(text));
     ap_tokenizer_t *t = ap_tokenizer_load(path);
     AP_CHECK(t == NULL, "%s: accepted", name);
-    AP_CHECK(strstr(ap_errmsg(), path) != NULL, "%s: message lacks the path: %s", name, ap_errmsg());
-    AP_CHECK(strstr(ap_errmsg(), must) != NULL, "%s: message lacks '%s': %s", name, must, ap_errmsg());
+    AP_CHECK(strstr(ap_errmsg(), path) != NULL, "%s: message lacks the path: %s", name,
+             ap_errmsg());
+    AP_CHECK(strstr(ap_errmsg(), must) != NULL, "%s: message lacks '%s': %s", name, must,
+             ap_errmsg());
     printf("refused %-14s %s\n", name, ap_errmsg());
     ap_tokenizer_destroy(&t);
     free(path);
@@ -224,12 +229,15 @@ static void s_malformed(void) {
     s_refused("not-json", "{\"type\": ", "line");
     s_refused("not-object", "[1, 2]", "not a JSON object");
     s_refused("wrong-type", "{\"type\": \"bpe\", \"version\": 1}", "'type'");
-    s_refused("wrong-version", "{\"type\": \"apprentice.char_vocab\", \"version\": 2}", "'version'");
+    s_refused("wrong-version", "{\"type\": \"apprentice.char_vocab\", \"version\": 2}",
+              "'version'");
     s_refused("no-specials", HEAD "\"chars\": [\"a\"]}", "'specials'");
-    s_refused("bad-special", HEAD "\"specials\": [\"<pad>\", \"<eos>\", \"<bos>\"]}", "specials[1]");
+    s_refused("bad-special", HEAD "\"specials\": [\"<pad>\", \"<eos>\", \"<bos>\"]}",
+              "specials[1]");
     s_refused("dup-special", HEAD "\"specials\": [\"<pad>\", \"<bos>\", \"<eos>\", \"<pad>\"]}",
               "specials[3]");
-    s_refused("num-special", HEAD "\"specials\": [\"<pad>\", \"<bos>\", \"<eos>\", 7]}", "specials[3]");
+    s_refused("num-special", HEAD "\"specials\": [\"<pad>\", \"<bos>\", \"<eos>\", 7]}",
+              "specials[3]");
     s_refused("no-chars", HEAD SP "\"size\": 3}", "'chars'");
     s_refused("empty-chars", HEAD SP "\"chars\": []}", "'chars'");
     s_refused("multi-char", HEAD SP "\"chars\": [\"a\", \"bc\"]}", "chars[1]");

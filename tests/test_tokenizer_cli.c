@@ -51,7 +51,8 @@ int main(void) {
     }
     const char *dir = ap_strdup(ap_test_tmpdir("tokenizer-cli"));
     char *model = ap_sprintf("%s/base", dir);
-    char *args = ap_sprintf("vocab --set task.kind=multiplication --set task.max_digits=4 --out %s", model);
+    char *args =
+        ap_sprintf("vocab --set task.kind=multiplication --set task.max_digits=4 --out %s", model);
     s_expect(args, 0, "\"vocab_size\"");
     free(args);
     /* the file matches what the library builds for the same task */
@@ -68,7 +69,8 @@ int main(void) {
     ap_tokenizer_destroy(&got);
     ap_task_destroy(&t);
     /* same task again: unchanged; another task: refused unless --force */
-    args = ap_sprintf("vocab --set task.kind=multiplication --set task.max_digits=4 --out %s", model);
+    args =
+        ap_sprintf("vocab --set task.kind=multiplication --set task.max_digits=4 --out %s", model);
     s_expect(args, 0, "\"unchanged\": true");
     free(args);
     args = ap_sprintf("vocab --set task.kind=reverse --out %s", model);
@@ -89,14 +91,16 @@ int main(void) {
     const char *text = "{\"prompt\": \"é?\", \"answer\": \"1\"}\n{\"prompt\": 5}\n";
     ap_file_write_atomic(data, text, strlen(text));
     char *where = ap_sprintf("%s:2:", data);
-    args = ap_sprintf("vocab --set task.kind=dataset --set task.dataset=%s --set task.heldout_size=0 "
-                      "--out %s/ds",
-                      data, dir);
+    args =
+        ap_sprintf("vocab --set task.kind=dataset --set task.dataset=%s --set task.heldout_size=0 "
+                   "--out %s/ds",
+                   data, dir);
     s_expect(args, 1, where);
     free(args);
-    args = ap_sprintf("vocab --set task.kind=dataset --set task.dataset=%s --set task.heldout_size=0 "
-                      "--set task.on_bad_line=skip --out %s/ds",
-                      data, dir);
+    args =
+        ap_sprintf("vocab --set task.kind=dataset --set task.dataset=%s --set task.heldout_size=0 "
+                   "--set task.on_bad_line=skip --out %s/ds",
+                   data, dir);
     /* 3 specials + "é?" "1" + the privileged literals "answer: " " | " (a e n r s w : space |) */
     s_expect(args, 0, "\"vocab_size\": 15");
     free(args);

@@ -106,15 +106,17 @@ static void s_rewards_and_feedback(void) {
     ap_verifier_check(&v, "a", "b", &r);
     AP_CHECK(r.reward == -0.5 && !r.correct, "configured wrong reward %g", r.reward);
     ap_verifier_no_answer(&v, "357", "I think it is 357", &r);
-    AP_CHECK(!r.correct && r.reward == -0.5 &&
-                 !strcmp(r.feedback, "expected 357, got I think it is 357 (not in the answer format)"),
-             "no answer: '%s'", r.feedback);
+    AP_CHECK(
+        !r.correct && r.reward == -0.5 &&
+            !strcmp(r.feedback, "expected 357, got I think it is 357 (not in the answer format)"),
+        "no answer: '%s'", r.feedback);
     ap_verifier_no_answer(&v, "357", "", &r);
     AP_CHECK(!strcmp(r.feedback, "expected 357, got nothing"), "no answer empty: '%s'", r.feedback);
 
     /* long answers are cut to 48 characters + "...", never inside a UTF-8 character */
     char longgot[400] = "";
-    for (int i = 0; i < 100; i++) strcat(longgot, "é");
+    for (int i = 0; i < 100; i++)
+        strcat(longgot, "é");
     ap_verifier_check(&v, "x", longgot, &r);
     size_t pos = 0;
     int chars = 0, valid = 1;
@@ -171,9 +173,9 @@ static void s_through_templates(void) {
         {"{answer}", " 357 ", 1},
         {"{answer}", "375", 0},
         {"The answer is {answer}.", "The answer is 357.", 1},
-        {"The answer is {answer}.", "The answer is 357", 0},  /* suffix missing */
-        {"The answer is {answer}.", "Answer: 357.", 0},       /* prefix missing */
-        {"{solution} so {answer}", "3+4=7 so 1 so 357", 1},   /* last separator wins */
+        {"The answer is {answer}.", "The answer is 357", 0}, /* suffix missing */
+        {"The answer is {answer}.", "Answer: 357.", 0},      /* prefix missing */
+        {"{solution} so {answer}", "3+4=7 so 1 so 357", 1},  /* last separator wins */
         {"{solution} so {answer}", "357", 0},
         {"{{{answer}}}", "{357}", 1},
         {"<{answer}> {solution}", "<357> because", 1},

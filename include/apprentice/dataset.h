@@ -48,9 +48,9 @@ typedef struct ap_dataset ap_dataset_t;
 ap_dataset_t *ap_dataset_load(const char *path, int on_bad_line);
 void ap_dataset_destroy(ap_dataset_t **d);
 
-int ap_dataset_size(const ap_dataset_t *d);                      /* valid examples */
+int ap_dataset_size(const ap_dataset_t *d);                       /* valid examples */
 const ap_example_t *ap_dataset_get(const ap_dataset_t *d, int i); /* borrowed, 0 <= i < size */
-int ap_dataset_line(const ap_dataset_t *d, int i);               /* 1-based line of example i */
+int ap_dataset_line(const ap_dataset_t *d, int i);                /* 1-based line of example i */
 const char *ap_dataset_path(const ap_dataset_t *d);
 long ap_dataset_bad_lines(const ap_dataset_t *d);   /* lines skipped as bad (policy skip) */
 long ap_dataset_blank_lines(const ap_dataset_t *d); /* whitespace-only lines skipped */

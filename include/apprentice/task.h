@@ -20,8 +20,8 @@
  *   student prompt  = prompt_template over {prompt}                       e.g. "123+234="
  *   completion      = completion_template over {answer} {solution}        e.g. "357"
  *   teacher context = privileged_template over {prompt} (the *rendered* student prompt),
- *                     {answer} {solution} {feedback} {sibling}            e.g. "answer: 357 | 123+234="
- * A privileged template that uses a placeholder without a value for this trajectory
+ *                     {answer} {solution} {feedback} {sibling}            e.g. "answer: 357 |
+ * 123+234=" A privileged template that uses a placeholder without a value for this trajectory
  * ({sibling} when no other trajectory of the group is correct, {solution} when the example
  * has none) renders nothing: h = 0.
  *
@@ -58,23 +58,24 @@
 /* The `task:` section of a run config. Strings are borrowed (the defaults point at static
  * text); ap_task_new copies what it keeps. */
 typedef struct {
-    char *kind;              /* "addition" | "multiplication" | "reverse" | "sort" | "dataset" */
-    int min_digits;          /* addition: each operand; multiplication: the first (1) */
-    int max_digits;          /* (3); at most 18 */
-    int factor_min_digits;   /* multiplication: the small second operand (1) */
-    int factor_max_digits;   /* (1); max_digits + factor_max_digits <= 19 */
-    int min_length;          /* reverse, sort: characters in the string (3) */
-    int max_length;          /* (8) */
-    char *alphabet;          /* reverse, sort: characters to draw from ("abcdefghijklmnopqrstuvwxyz") */
-    char *dataset;           /* dataset: JSON Lines file of training examples */
-    char *heldout_dataset;   /* dataset: optional held-out file; "" or NULL: split `dataset` by hash */
-    char *on_bad_line;       /* dataset: "error" (default) | "skip" */
-    int heldout_size;        /* distinct held-out prompts for evaluation (256); 0 = none */
-    long long heldout_seed;  /* salt of the split hash and of the held-out draws (0) */
-    long long seed;          /* training draws (1) */
-    char *verifier;          /* "exact" (default) | "numeric" */
-    double reward_correct;   /* (1.0) */
-    double reward_wrong;     /* (0.0) */
+    char *kind;            /* "addition" | "multiplication" | "reverse" | "sort" | "dataset" */
+    int min_digits;        /* addition: each operand; multiplication: the first (1) */
+    int max_digits;        /* (3); at most 18 */
+    int factor_min_digits; /* multiplication: the small second operand (1) */
+    int factor_max_digits; /* (1); max_digits + factor_max_digits <= 19 */
+    int min_length;        /* reverse, sort: characters in the string (3) */
+    int max_length;        /* (8) */
+    char *alphabet; /* reverse, sort: characters to draw from ("abcdefghijklmnopqrstuvwxyz") */
+    char *dataset;  /* dataset: JSON Lines file of training examples */
+    char
+        *heldout_dataset; /* dataset: optional held-out file; "" or NULL: split `dataset` by hash */
+    char *on_bad_line;    /* dataset: "error" (default) | "skip" */
+    int heldout_size;     /* distinct held-out prompts for evaluation (256); 0 = none */
+    long long heldout_seed;    /* salt of the split hash and of the held-out draws (0) */
+    long long seed;            /* training draws (1) */
+    char *verifier;            /* "exact" (default) | "numeric" */
+    double reward_correct;     /* (1.0) */
+    double reward_wrong;       /* (0.0) */
     char *prompt_template;     /* over {prompt} ("{prompt}") */
     char *completion_template; /* over {answer} once, {solution} ("{answer}") */
     char *privileged_template; /* over all five ("answer: {answer} | {prompt}"); "" = never h = 1 */
@@ -188,8 +189,7 @@ int32_t *ap_task_encode_example(const ap_task_t *t, const ap_tokenizer_t *tok,
                                 const ap_example_t *ex, int *n, int *n_prompt);
 /* <bos> + privileged context of trajectory i: returns h (1 with *ids, *n; 0 with *ids =
  * NULL, *n = 0), or -1 on an encoding error. */
-int ap_task_encode_privileged(const ap_task_t *t, const ap_tokenizer_t *tok,
-                              const ap_example_t *ex, const ap_task_rollout_t *group, int G, int i,
-                              int32_t **ids, int *n);
+int ap_task_encode_privileged(const ap_task_t *t, const ap_tokenizer_t *tok, const ap_example_t *ex,
+                              const ap_task_rollout_t *group, int G, int i, int32_t **ids, int *n);
 
 #endif

@@ -49,7 +49,7 @@ void ap_template_destroy(ap_template_t **t);
 const char *ap_template_text(const ap_template_t *t); /* the source text, borrowed */
 unsigned ap_template_uses(const ap_template_t *t);    /* mask of the placeholders it contains */
 int ap_template_count(const ap_template_t *t, unsigned placeholder); /* occurrences of one */
-int ap_template_is_empty(const ap_template_t *t);     /* "" */
+int ap_template_is_empty(const ap_template_t *t);                    /* "" */
 /* All literal text of the template, concatenated (for building a vocabulary). Caller frees. */
 char *ap_template_literals(const ap_template_t *t);
 

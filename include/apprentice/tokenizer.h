@@ -79,7 +79,7 @@ void ap_tokenizer_destroy(ap_tokenizer_t **t);
 
 /* ---- identity ---- */
 
-int ap_tokenizer_vocab_size(const ap_tokenizer_t *t); /* V: every id is in [0, V) */
+int ap_tokenizer_vocab_size(const ap_tokenizer_t *t);   /* V: every id is in [0, V) */
 const char *ap_tokenizer_kind(const ap_tokenizer_t *t); /* "char" */
 /* Content hash (kind, every token string in id order). Equal hash = same ids for all text. */
 uint64_t ap_tokenizer_hash(const ap_tokenizer_t *t);

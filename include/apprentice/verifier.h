@@ -36,7 +36,8 @@ typedef struct {
 typedef struct {
     double reward;                  /* reward_correct or reward_wrong */
     int correct;                    /* 1 / 0 */
-    char feedback[AP_FEEDBACK_MAX]; /* "correct" or "expected X, got Y" (UTF-8, never cut mid-character) */
+    char feedback[AP_FEEDBACK_MAX]; /* "correct" or "expected X, got Y" (UTF-8, never cut
+                                       mid-character) */
 } ap_verdict_t;
 
 void ap_verifier_defaults(ap_verifier_t *v);
