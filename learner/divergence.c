@@ -55,6 +55,7 @@ static s_scratch_t s_carve(void *scratch, int V) {
 void ap_obj_softmax_row(float *ex, double *sum, double *lse_shift, float *smax, const float *s,
                         int V, double tau) {
     float m = s[0];
+#pragma omp simd reduction(max : m)
     for (int v = 1; v < V; v++) m = s[v] > m ? s[v] : m;
     const float it = (float)(1.0 / tau);
     double acc = 0;
@@ -283,7 +284,7 @@ double ap_obj_pg(const ap_pg_config_t *pg, double logp, double b, double A, doub
 
 void ap_obj_sampled_logprobs(float *logp, const float *logits, const int32_t *tokens, int n,
                              int T, int V, double tau) {
-    const double it = 1.0 / tau;
+    const float it = (float)(1.0 / tau);
     for (int r = 0; r < n * T; r++) {
         const float *s = logits + (size_t)r * V;
         int y = tokens[r];
@@ -294,8 +295,8 @@ void ap_obj_sampled_logprobs(float *logp, const float *logits, const int32_t *to
         float m = s[0];
         for (int v = 1; v < V; v++) m = s[v] > m ? s[v] : m;
         double acc = 0;
-        for (int v = 0; v < V; v++) acc += exp((double)(s[v] - m) * it);
-        logp[r] = (float)((double)(s[y] - m) * it - log(acc));
+        for (int v = 0; v < V; v++) acc += expf((s[v] - m) * it);
+        logp[r] = (float)((double)((s[y] - m) * it) - log(acc));
     }
 }
 
@@ -317,27 +318,29 @@ static void s_topk(int *idx, const float *x, int n, int k) {
 
 void ap_obj_monitor_position(double *kl_ts, double *kl_st, double *overlap, const float *s,
                              int V, const float *full_lp, const int32_t *ids, const float *lp,
-                             int K, double tau, void *scratch) {
+                             int K, double tau, const float *ex, double sum, double shift,
+                             float smax, void *scratch) {
     s_scratch_t sc = s_carve(scratch, V);
-    double sum, shift;
-    float smax;
-    ap_obj_softmax_row(sc.ex, &sum, &shift, &smax, s, V, tau);
-    const double it = 1.0 / tau;
+    if (!ex) {
+        ap_obj_softmax_row(sc.ex, &sum, &shift, &smax, s, V, tau);
+        ex = sc.ex;
+    }
+    const float it = (float)(1.0 / tau), inv_sum = (float)(1.0 / sum), fshift = (float)shift;
     double a = 0, b = 0;
     int k;
     int si[64], ti[64];
     if (full_lp) {
         for (int v = 0; v < V; v++) {
-            double lq = (s[v] - smax) * it - shift, Q = sc.ex[v] / sum, P = exp(full_lp[v]);
-            if (P > 0) a += P * (full_lp[v] - lq);
-            if (Q > 0) b += Q * (lq - full_lp[v]);
+            float lq = (s[v] - smax) * it - fshift, Q = ex[v] * inv_sum, P = expf(full_lp[v]);
+            float d = full_lp[v] - lq;
+            a += P * d, b -= Q * d; /* both summands vanish with their leading probability */
         }
         k = V < AP_OBJ_OVERLAP_K ? V : AP_OBJ_OVERLAP_K;
         s_topk(ti, full_lp, V, k);
     } else {
         double psum = 0, qsum = 0;
         for (int j = 0; j < K; j++) {
-            double lq = (s[ids[j]] - smax) * it - shift, Q = sc.ex[ids[j]] / sum,
+            double lq = (s[ids[j]] - smax) * it - shift, Q = ex[ids[j]] * (double)inv_sum,
                    P = exp(lp[j]);
             psum += P, qsum += Q;
             if (P > 0) a += P * (lp[j] - lq);

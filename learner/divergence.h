@@ -14,10 +14,13 @@ void ap_obj_softmax_row(float *ex, double *sum, double *lse_shift, float *smax, 
 /* Monitors at one position over the signal's support (full: all V; top-K: the K ids plus the
  * tail bin when K < V), both sides at temperature tau: *kl_ts = KL(pT || pS),
  * *kl_st = KL(pS || pT), *overlap = |topk(pS) ∩ topk(pT)| / k with k = min(16, support size)
- * (student top-k over all V tokens). */
+ * (student top-k over all V tokens). `ex` (may be NULL: computed here) is the student's
+ * softmax at tau from ap_obj_softmax_row, with its `sum`, `shift` and `smax`, when the caller
+ * already has it. */
 void ap_obj_monitor_position(double *kl_ts, double *kl_st, double *overlap, const float *s,
                              int V, const float *full_lp, const int32_t *ids, const float *lp,
-                             int K, double tau, void *scratch);
+                             int K, double tau, const float *ex, double sum, double shift,
+                             float smax, void *scratch);
 
 #define AP_OBJ_OVERLAP_K 16
 

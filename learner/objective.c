@@ -143,6 +143,7 @@ static int s_signal_check(const ap_obj_signal_t *s, int topk, size_t pos, int V,
     if (!topk) {
         const float *lp = s->full + pos * V;
         float acc = 0;
+#pragma omp simd reduction(+ : acc)
         for (int v = 0; v < V; v++) acc += lp[v] * 0.0f; /* NaN iff some entry is NaN/Inf */
         return acc == 0 ? 0 : S_WHY_NONFIN;
     }
@@ -545,17 +546,24 @@ static double s_div(ap_obj_t *o, float *g, float scale, const float *s, const ap
                              q->topk_lp + pos * q->K, q->K, beta, tau, clip, o->scratch);
 }
 
-static void s_monitor(ap_obj_t *o, int which, const float *s, size_t pos) {
+/* The student's softmax at tau_s for the current position, when computed (monitors reuse it
+ * when a signal is at the same temperature). */
+typedef struct {
+    int have;
+    double sum, shift;
+    float smax;
+} s_soft_t;
+
+static void s_monitor(ap_obj_t *o, int which, const float *s, size_t pos, const s_soft_t *sm) {
     const ap_obj_signal_t *q = which ? &o->b.self_teacher : &o->b.teacher;
     const int topk = which ? o->mon_s_topk : o->mon_t_topk, V = o->b.V;
     if (topk < 0 || s_bad(o, pos, (which ? S_S_FULL : S_T_FULL) + topk)) return;
+    const int reuse = sm->have && q->tau == o->cfg.sampling_tau;
     double a, c, ov;
-    if (topk)
-        ap_obj_monitor_position(&a, &c, &ov, s, V, NULL, q->topk_ids + pos * q->K,
-                                q->topk_lp + pos * q->K, q->K, q->tau, o->scratch);
-    else
-        ap_obj_monitor_position(&a, &c, &ov, s, V, q->full + pos * V, NULL, NULL, 0, q->tau,
-                                o->scratch);
+    ap_obj_monitor_position(&a, &c, &ov, s, V, topk ? NULL : q->full + pos * V,
+                            topk ? q->topk_ids + pos * q->K : NULL,
+                            topk ? q->topk_lp + pos * q->K : NULL, q->K, q->tau,
+                            reuse ? o->ex : NULL, sm->sum, sm->shift, sm->smax, o->scratch);
     o->kl_ts[which] += a, o->kl_st[which] += c, o->ov[which] += ov, o->mon_n[which]++;
 }
 
@@ -590,13 +598,16 @@ double ap_obj_eval(ap_obj_t *o, int row0, int nrows, const float *logits, float 
             if (!pg && !mon && cg == 0 && co == 0 && cs == 0) continue;
 
             /* The student's softmax at tau_s: policy-gradient objectives and entropy. */
+            s_soft_t sm = {0};
             if (pg || mon) {
                 double sum, shift;
                 float smax;
                 ap_obj_softmax_row(ex, &sum, &shift, &smax, s, V, c->sampling_tau);
+                sm = (s_soft_t){1, sum, shift, smax};
                 const double inv_sum = 1.0 / sum;
                 if (mon) {
-                    double acc = 0;
+                    float acc = 0;
+#pragma omp simd reduction(+ : acc)
                     for (int v = 0; v < V; v++) acc += ex[v] * (s[v] - smax);
                     o->ent_sum += shift - its * acc * inv_sum;
                     o->ent_n++;
@@ -653,11 +664,12 @@ double ap_obj_eval(ap_obj_t *o, int row0, int nrows, const float *logits, float 
                                                 1.0, INFINITY);
             /* Teacher-student monitors. */
             if (mon) {
-                s_monitor(o, 0, s, pos);
-                if (self_mon) s_monitor(o, 1, s, pos);
+                s_monitor(o, 0, s, pos, &sm);
+                if (self_mon) s_monitor(o, 1, s, pos, &sm);
             }
             /* Non-finite guard: NaN * 0 and Inf * 0 are NaN, finite * 0 is 0. */
             float z = 0;
+#pragma omp simd reduction(+ : z)
             for (int v = 0; v < V; v++) z += g[v] * 0.0f;
             if (z != 0) o->nonfinite = 1;
         }
