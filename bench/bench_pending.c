@@ -9,8 +9,5 @@ static int s_pending(const char *name) {
     return 1;
 }
 
-int ap_bench_train(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
-int ap_bench_sample(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
 int ap_bench_buffer(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
-int ap_bench_weights(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
 int ap_bench_pipeline(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
