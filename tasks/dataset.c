@@ -14,12 +14,14 @@
 #define S_UNKNOWN_KEYS_MAX 16 /* distinct unknown key names reported */
 
 struct ap_dataset {
-    char *path;
-    ap_example_t *ex; /* [n] */
-    int *line;        /* [n] 1-based line numbers */
-    int n, cap;
-    long bad, blank;
-    char *first_bad; /* message of the first skipped line */
+    char *path;       /* the file, for messages */
+    ap_example_t *ex; /* [n] valid examples, in file order */
+    int *line;        /* [n] their 1-based line numbers */
+    int n;            /* valid examples */
+    int cap;          /* allocated slots of ex and line */
+    long bad;         /* bad lines skipped (policy skip) */
+    long blank;       /* whitespace-only lines skipped */
+    char *first_bad;  /* message of the first skipped line */
 };
 
 void ap_example_clear(ap_example_t *ex) {

@@ -46,40 +46,43 @@ typedef struct {
 
 /* A set of 64-bit keys (open addressing; 0 is stored as a flag). */
 typedef struct {
-    uint64_t *keys; /* [cap], 0 = empty */
-    size_t cap, n;
-    int has_zero;
+    uint64_t *keys; /* [cap] slots, 0 = empty */
+    size_t cap;     /* slot count, a power of two */
+    size_t n;       /* non-zero keys stored */
+    int has_zero;   /* key 0 is in the set */
 } s_set_t;
 
 struct ap_task {
-    int kind;        /* S_ADD ... S_DATA */
-    int dmin, dmax;  /* digits of operand a */
-    int fmin, fmax;  /* digits of operand b (multiplication) */
-    int lmin, lmax;  /* string lengths */
-    uint32_t *alpha; /* [nalpha] reverse/sort code points, in config order */
-    int nalpha;
-    char *alphabet; /* its text */
-    ap_verifier_t verifier;
-    ap_template_t *tpl_prompt, *tpl_completion, *tpl_priv;
-    uint64_t salt;         /* heldout_seed */
-    long long seed;        /* training seed */
-    int heldout_size;      /* requested */
-    uint64_t threshold;    /* held out iff u < threshold (hash split) */
-    double space;          /* distinct prompts */
-    ap_example_t *heldout; /* [nheldout] the evaluation set */
-    int nheldout;
-    /* datasets */
-    ap_dataset_t *data;  /* training file */
-    ap_dataset_t *hdata; /* held-out file, or NULL (split by hash) */
-    s_set_t hprompts;    /* hashes of the held-out file's prompts */
-    long *train;         /* [ntrain] indices into data */
-    long ntrain, excluded;
-    uint64_t fingerprint;
+    int kind;                      /* S_ADD ... S_DATA */
+    int dmin, dmax;                /* digits of operand a */
+    int fmin, fmax;                /* digits of operand b (multiplication) */
+    int lmin, lmax;                /* string lengths (reverse, sort) */
+    uint32_t *alpha;               /* [nalpha] reverse/sort code points, in config order */
+    int nalpha;                    /* alphabet size K */
+    char *alphabet;                /* its text */
+    ap_verifier_t verifier;        /* kind and rewards */
+    ap_template_t *tpl_prompt;     /* prompt_template */
+    ap_template_t *tpl_completion; /* completion_template */
+    ap_template_t *tpl_priv;       /* privileged_template */
+    uint64_t salt;                 /* heldout_seed: salt of the split hash */
+    long long seed;                /* training seed */
+    int heldout_size;              /* requested held-out prompts */
+    uint64_t threshold;            /* held out iff u < threshold (hash split) */
+    double space;                  /* distinct prompts of the source */
+    ap_example_t *heldout;         /* [nheldout] the evaluation set */
+    int nheldout;                  /* its size */
+    ap_dataset_t *data;            /* dataset: the training file */
+    ap_dataset_t *hdata;           /* dataset: the held-out file, or NULL (split by hash) */
+    s_set_t hprompts;              /* dataset: prompt keys of the held-out file */
+    long *train;                   /* dataset: [ntrain] indices into data of training lines */
+    long ntrain;                   /* dataset: training lines */
+    long excluded;                 /* dataset: lines dropped because their prompt is held out */
+    uint64_t fingerprint;          /* identity for cursors */
 };
 
 struct ap_task_sampler {
-    const ap_task_t *t;
-    ap_task_cursor_t c;
+    const ap_task_t *t;   /* borrowed */
+    ap_task_cursor_t c;   /* position (plain data, checkpointed) */
     long *perm;           /* datasets: [ntrain] shuffle of the current epoch */
     long long perm_epoch; /* epoch `perm` belongs to, -1 = none */
 };

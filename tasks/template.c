@@ -24,9 +24,9 @@ typedef struct {
 
 struct ap_template {
     char *text;      /* source */
-    s_part_t *parts; /* [nparts] */
-    int nparts;
-    unsigned uses; /* mask of placeholders present */
+    s_part_t *parts; /* [nparts] literals and placeholders; adjacent literals merged */
+    int nparts;      /* part count */
+    unsigned uses;   /* mask of placeholders present */
 };
 
 static const char *s_var_name(unsigned bit) {

@@ -58,19 +58,18 @@
 /* The `task:` section of a run config. Strings are borrowed (the defaults point at static
  * text); ap_task_new copies what it keeps. */
 typedef struct {
-    char *kind;            /* "addition" | "multiplication" | "reverse" | "sort" | "dataset" */
-    int min_digits;        /* addition: each operand; multiplication: the first (1) */
-    int max_digits;        /* (3); at most 18 */
-    int factor_min_digits; /* multiplication: the small second operand (1) */
-    int factor_max_digits; /* (1); max_digits + factor_max_digits <= 19 */
-    int min_length;        /* reverse, sort: characters in the string (3) */
-    int max_length;        /* (8) */
-    char *alphabet; /* reverse, sort: characters to draw from ("abcdefghijklmnopqrstuvwxyz") */
-    char *dataset;  /* dataset: JSON Lines file of training examples */
-    char
-        *heldout_dataset; /* dataset: optional held-out file; "" or NULL: split `dataset` by hash */
-    char *on_bad_line;    /* dataset: "error" (default) | "skip" */
-    int heldout_size;     /* distinct held-out prompts for evaluation (256); 0 = none */
+    char *kind;                /* addition | multiplication | reverse | sort | dataset */
+    int min_digits;            /* addition: each operand; multiplication: the first (1) */
+    int max_digits;            /* (3); at most 18 */
+    int factor_min_digits;     /* multiplication: the small second operand (1) */
+    int factor_max_digits;     /* (1); max_digits + factor_max_digits <= 19 */
+    int min_length;            /* reverse, sort: characters in the string (3) */
+    int max_length;            /* (8) */
+    char *alphabet;            /* reverse, sort: characters to draw from (a..z) */
+    char *dataset;             /* dataset: JSON Lines file of training examples */
+    char *heldout_dataset;     /* dataset: held-out file; "" or NULL = split by hash */
+    char *on_bad_line;         /* dataset: "error" (default) | "skip" */
+    int heldout_size;          /* distinct held-out prompts for evaluation (256); 0 = none */
     long long heldout_seed;    /* salt of the split hash and of the held-out draws (0) */
     long long seed;            /* training draws (1) */
     char *verifier;            /* "exact" (default) | "numeric" */
@@ -78,7 +77,7 @@ typedef struct {
     double reward_wrong;       /* (0.0) */
     char *prompt_template;     /* over {prompt} ("{prompt}") */
     char *completion_template; /* over {answer} once, {solution} ("{answer}") */
-    char *privileged_template; /* over all five ("answer: {answer} | {prompt}"); "" = never h = 1 */
+    char *privileged_template; /* all five ("answer: {answer} | {prompt}"); "": h = 0 */
 } ap_task_config_t;
 
 void ap_task_config_defaults(ap_task_config_t *c);
