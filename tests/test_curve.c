@@ -187,6 +187,17 @@ int main(void) {
              (unsigned long long)ev->handshake_failed_auth,
              (unsigned long long)ev->handshake_failed_protocol);
 
+    /* the same over ipc:// (the launcher's single-machine endpoints) */
+    {
+        char ep[700];
+        snprintf(ep, sizeof ep, "ipc://%s/actor.ipc", dir);
+        ap_sock_t *ipc = s_sock(srv, AP_SOCK_ROUTER, ep, 1, "actor", NULL);
+        s_try_router(srv, ipc, &s_actor, s_srv.pub, "actor-0", "ipc allowed key");
+        s_try_router(srv, ipc, &s_stranger, s_srv.pub, NULL, "ipc unknown key");
+        s_try_router(srv, ipc, NULL, NULL, NULL, "ipc no CURVE");
+        ap_sock_destroy(&ipc);
+    }
+
     /* PUB bind */
     ap_sock_t *pub = s_sock(srv, AP_SOCK_PUB, "tcp://127.0.0.1:*", 1, "weights", NULL);
     s_try_pub(srv, pub, &s_actor, s_srv.pub, 1, "allowed key");
