@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "apprentice/blas.h"
 #include "apprentice/cli.h"
 
 typedef struct {
@@ -34,6 +35,7 @@ static void s_usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    ap_blas_set_threads(1); /* one OpenBLAS thread per process unless a command says otherwise */
     if (argc < 2) {
         s_usage(stderr);
         return 2;

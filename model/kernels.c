@@ -85,7 +85,7 @@ float ap_logsumexp(const float *x, int n, float temperature) {
     AP_ASSERT(n > 0 && temperature > 0);
     float inv = 1.0f / temperature, mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
-    for (int i = 0; i < n; i++) mx = fmaxf(mx, x[i]);
+    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
     if (!isfinite(mx)) return mx; /* all -inf, or +inf/NaN somewhere: propagate */
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)

@@ -109,7 +109,7 @@ static void s_attend(const ap_kv_t *kv, float *out, const float *q, int l, int s
 #pragma omp simd reduction(+ : d)
             for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
             sc[j] = d * scale;
-            mx = fmaxf(mx, sc[j]);
+            mx = sc[j] > mx ? sc[j] : mx;
         }
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)

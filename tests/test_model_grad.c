@@ -14,12 +14,13 @@
 #include "apprentice/rng.h"
 #include "test.h"
 
-enum { B = 3, T = 7 };
-static const int s_lens[B] = {7, 5, 2};
+/* The batch shape of the current check: B right-padded sequences of T. */
+static int B, T;
+static const int *s_lens;
 
 typedef struct {
     ap_model_t *m;
-    int32_t tok[B * T], tgt[B * T];
+    int32_t *tok, *tgt; /* [B * T] */
     float *R; /* [B*T, V] random dlogits, padding rows included (must be ignored) */
     int use_ce;
 } s_ctx_t;
@@ -77,8 +78,12 @@ static void s_backward(s_ctx_t *c) {
     }
 }
 
-static void s_check_model(const char *label, const ap_model_config_t *cfg, int use_ce) {
+static void s_check_model(const char *label, const ap_model_config_t *cfg, int use_ce, int b,
+                          int t, const int *lens) {
+    B = b, T = t, s_lens = lens;
     s_ctx_t c = {.m = ap_model_new(cfg, 7), .use_ce = use_ce};
+    c.tok = ap_malloc((size_t)B * T * sizeof *c.tok);
+    c.tgt = ap_malloc((size_t)B * T * sizeof *c.tgt);
     AP_ASSERT(c.m);
     int V = cfg->vocab_size;
     ap_rng_t rng;
@@ -143,8 +148,8 @@ static void s_check_model(const char *label, const ap_model_config_t *cfg, int u
         }
         free(saved), free(u);
     }
-    printf("%-28s %d tensors  worst direction rel err %.2e  worst element rel err %.2e\n", label,
-           ap_model_num_tensors(c.m), worst_dir, worst_elem);
+    printf("%-28s B=%d T=%-3d %d tensors  worst direction rel err %.2e  worst element rel err %.2e\n", label,
+           B, T, ap_model_num_tensors(c.m), worst_dir, worst_elem);
     fflush(stdout);
 
     /* padding invariance: each sequence alone gives the same logits as inside the batch */
@@ -175,7 +180,7 @@ static void s_check_model(const char *label, const ap_model_config_t *cfg, int u
         for (size_t k = 0; k < nf; k++) worst = fmax(worst, fabs(G2[k] - 2 * G[k]) / (1e-6 + fabs(G[k])));
         AP_CHECK(worst < 1e-4, "%s: accumulation off by %.3g", label, worst);
     }
-    free(zb), free(G), free(c.R);
+    free(zb), free(G), free(c.R), free(c.tok), free(c.tgt);
     ap_model_destroy(&c.m);
     AP_CHECK(c.m == NULL, "destroy NULLs the pointer");
 }
@@ -222,10 +227,16 @@ int main(void) {
     gqa.num_heads = 4, gqa.num_kv_heads = 2, gqa.max_positions = 16;
     ap_model_config_t tied = gqa;
     tied.num_kv_heads = 4, tied.tie_embeddings = 1, tied.vocab_size = 11;
-    s_check_model("gqa untied, dlogits", &gqa, 0);
-    s_check_model("gqa untied, cross-entropy", &gqa, 1);
-    s_check_model("mha tied, dlogits", &tied, 0);
-    s_check_model("mha tied, cross-entropy", &tied, 1);
+    static const int short_lens[3] = {7, 5, 2}, long_lens[2] = {150, 97};
+    s_check_model("gqa untied, dlogits", &gqa, 0, 3, 7, short_lens);
+    s_check_model("gqa untied, cross-entropy", &gqa, 1, 3, 7, short_lens);
+    s_check_model("mha tied, dlogits", &tied, 0, 3, 7, short_lens);
+    s_check_model("mha tied, cross-entropy", &tied, 1, 3, 7, short_lens);
+    /* longer than the 64-row attention blocks: every block path of forward and backward */
+    ap_model_config_t lng = gqa;
+    lng.max_positions = 160;
+    s_check_model("gqa untied long, dlogits", &lng, 0, 2, 150, long_lens);
+    s_check_model("gqa untied long, cross-entropy", &lng, 1, 2, 150, long_lens);
     s_check_optimizer(&gqa);
     return ap_test_result();
 }

@@ -20,7 +20,7 @@
  * Relative error < 3e-7 for x in [-87.3, 88.3]; 0 below (no denormals), inf above, NaN kept. */
 static inline float ap_expf(float x) {
     float xc = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-    float n = __builtin_floorf(xc * 1.44269504088896341f + 0.5f);
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
     float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;

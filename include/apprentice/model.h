@@ -102,6 +102,8 @@ void ap_model_reserve(ap_model_t *m, int max_batch, int max_seq);
  * with ap_err set when a valid token is outside [0, V), T exceeds max_position_embeddings, or
  * a length is outside [0, T]. Activations for backward are kept. */
 float *ap_model_forward(ap_model_t *m, const int32_t *tokens, const int *lens, int B, int T);
+/* Bytes of the activation arena as currently sized (0 before the first reserve/forward). */
+size_t ap_model_activation_bytes(const ap_model_t *m);
 /* The logits of the last forward, [B, T, V] (borrowed); NULL before any forward. */
 float *ap_model_logits(ap_model_t *m);
 /* Given dL/dlogits [B, T, V] for the last forward (any producer; may be the buffer
