@@ -142,6 +142,29 @@ static const cyaml_schema_field_t s_sft[] = {
     F_BOOL("tie_embeddings", ap_sft_cfg_t, tie_embeddings),
     CYAML_FIELD_END};
 
+static const cyaml_schema_field_t s_task[] = {
+    F_STR("kind", ap_task_config_t, kind),
+    F_INT("min_digits", ap_task_config_t, min_digits),
+    F_INT("max_digits", ap_task_config_t, max_digits),
+    F_INT("factor_min_digits", ap_task_config_t, factor_min_digits),
+    F_INT("factor_max_digits", ap_task_config_t, factor_max_digits),
+    F_INT("min_length", ap_task_config_t, min_length),
+    F_INT("max_length", ap_task_config_t, max_length),
+    F_STR("alphabet", ap_task_config_t, alphabet),
+    F_STR("dataset", ap_task_config_t, dataset),
+    F_STR("heldout_dataset", ap_task_config_t, heldout_dataset),
+    F_STR("on_bad_line", ap_task_config_t, on_bad_line),
+    F_INT("heldout_size", ap_task_config_t, heldout_size),
+    F_INT("heldout_seed", ap_task_config_t, heldout_seed),
+    F_INT("seed", ap_task_config_t, seed),
+    F_STR("verifier", ap_task_config_t, verifier),
+    F_DBL("reward_correct", ap_task_config_t, reward_correct),
+    F_DBL("reward_wrong", ap_task_config_t, reward_wrong),
+    F_STR("prompt_template", ap_task_config_t, prompt_template),
+    F_STR("completion_template", ap_task_config_t, completion_template),
+    F_STR("privileged_template", ap_task_config_t, privileged_template),
+    CYAML_FIELD_END};
+
 /* objective.<name>: options flat, as ALGORITHMS.md names them (objective.grpo.eps_high). */
 static const cyaml_strval_t s_supports[] = {{"auto", AP_SUPPORT_AUTO},
                                             {"full", AP_SUPPORT_FULL},
@@ -193,6 +216,7 @@ static const cyaml_schema_field_t s_objective[] = {
 static const cyaml_schema_field_t s_top[] = {
     F_MAP("run", ap_config_t, run, s_run),
     F_MAP("model", ap_config_t, model, s_model),
+    F_MAP("task", ap_config_t, task, s_task),
     F_MAP("sampling", ap_config_t, sampling, s_sampling),
     F_MAP("batch", ap_config_t, batch, s_batch),
     F_MAP("objective", ap_config_t, objective, s_objective),
@@ -221,6 +245,14 @@ void ap_config_defaults(ap_config_t *c) {
     c->sampling = (ap_sampling_cfg_t){.temperature = 1.0, .top_k = 0, .top_p = 1.0,
                                       .max_new_tokens = 16, .group_size = 8};
     c->batch = (ap_batch_cfg_t){.size = 32, .on_policy_fraction = 1.0, .micro_batch = 0};
+    /* the task module's defaults point at static text: the config owns heap copies */
+    ap_task_config_defaults(&c->task);
+    char **task_strings[] = {&c->task.kind, &c->task.alphabet, &c->task.dataset,
+                             &c->task.heldout_dataset, &c->task.on_bad_line, &c->task.verifier,
+                             &c->task.prompt_template, &c->task.completion_template,
+                             &c->task.privileged_template};
+    for (size_t i = 0; i < AP_COUNT(task_strings); i++)
+        *task_strings[i] = ap_strdup(*task_strings[i] ? *task_strings[i] : "");
     ap_obj_config_defaults(&c->objective);
     c->optimizer = (ap_optimizer_cfg_t){.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
                                         .weight_decay = 0.0, .grad_clip = 1.0, .warmup_steps = 0,
@@ -287,6 +319,7 @@ int ap_config_validate(const ap_config_t *c, const char *origin) {
               "batch.size", "must hold at least one group of sampling.group_size = %d",
               c->sampling.group_size);
     S_REQUIRE(c->batch.micro_batch >= 0, "batch.micro_batch", "must not be negative");
+    if (ap_task_config_validate(&c->task) < 0) return ap_err("%s: %s", origin, ap_errmsg());
     if (c->objective.gkd.c.enabled || c->objective.opd.c.enabled || c->objective.grpo.c.enabled ||
         c->objective.opsd.c.enabled || c->objective.srpo.c.enabled) {
         ap_obj_config_t oc = c->objective;

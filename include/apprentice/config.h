@@ -22,7 +22,7 @@
 #include <stddef.h>
 
 #include "apprentice/objectives.h"
-/* AP_CONFIG_PENDING: the task section joins when its module lands */
+#include "apprentice/task.h"
 
 typedef struct {
     char *name;         /* run name: the run directory is <dir>/<name> */
@@ -153,6 +153,7 @@ typedef struct {
 typedef struct ap_config {
     ap_run_cfg_t run;
     ap_models_cfg_t model;
+    ap_task_config_t task;        /* the task: prompts, verifier, templates (tasks/, docs/TASKS.md) */
     ap_sampling_cfg_t sampling;
     ap_batch_cfg_t batch;
     ap_obj_config_t objective; /* the learner's objectives (learner/, docs/OBJECTIVES.md) */
