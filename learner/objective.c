@@ -50,6 +50,7 @@ struct ap_obj {
     int cap_v;
     void *scratch;                     /* ap_obj_scratch_size(V) bytes, zeroed */
     float *ex;                         /* [V] softmax at tau_s */
+    float *grow;                       /* [V] gradient of the current position (in-place eval) */
     /* accumulators of the step */
     double loss[AP_OBJ_COUNT], den[AP_OBJ_COUNT];
     int nonfinite;
@@ -72,7 +73,7 @@ void ap_obj_destroy(ap_obj_t **p) {
     ap_obj_t *o = *p;
     for (int k = 0; k < AP_OBJ_COUNT; k++) free(o->coef[k]);
     free(o->adv_grpo), free(o->adv_srpo), free(o->sd), free(o->flags), free(o->reason);
-    free(o->scratch), free(o->ex), free(o->mark);
+    free(o->scratch), free(o->ex), free(o->mark), free(o->grow);
     free(o);
     *p = NULL;
 }
@@ -103,9 +104,10 @@ static void s_reserve(ap_obj_t *o, int N, int T, int V) {
         o->cap_n = (size_t)N;
     }
     if (V > o->cap_v) {
-        free(o->scratch), free(o->ex), free(o->mark);
+        free(o->scratch), free(o->ex), free(o->mark), free(o->grow);
         o->scratch = ap_calloc(1, ap_obj_scratch_size(V));
         o->ex = ap_malloc((size_t)V * sizeof(float));
+        o->grow = ap_malloc((size_t)V * sizeof(float));
         o->mark = ap_calloc(1, (size_t)V);
         o->cap_v = V;
     }
@@ -588,14 +590,17 @@ double ap_obj_eval(ap_obj_t *o, int row0, int nrows, const float *logits, float 
         for (int t = 0; t < T; t++) {
             const size_t pos = (size_t)n * T + t, lpos = (size_t)i * T + t;
             const float *s = logits + lpos * V;
-            float *g = dlogits + lpos * V;
-            memset(g, 0, (size_t)V * sizeof *g);
+            float *out = dlogits + lpos * V, *g = o->grow; /* out may alias s: written last */
             const float cg = o->coef[AP_OBJ_GKD][pos], cd = o->coef[AP_OBJ_OPD][pos],
                         cr = o->coef[AP_OBJ_GRPO][pos], co = o->coef[AP_OBJ_OPSD][pos],
                         cs = o->coef[AP_OBJ_SRPO][pos];
             const int mon = o->monitors && b->mask[pos] > 0;
             const int pg = cd != 0 || cr != 0 || (cs != 0 && !o->sd[n]);
-            if (!pg && !mon && cg == 0 && co == 0 && cs == 0) continue;
+            if (!pg && !mon && cg == 0 && co == 0 && cs == 0) {
+                memset(out, 0, (size_t)V * sizeof *out);
+                continue;
+            }
+            memset(g, 0, (size_t)V * sizeof *g);
 
             /* The student's softmax at tau_s: policy-gradient objectives and entropy. */
             s_soft_t sm = {0};
@@ -672,6 +677,7 @@ double ap_obj_eval(ap_obj_t *o, int row0, int nrows, const float *logits, float 
 #pragma omp simd reduction(+ : z)
             for (int v = 0; v < V; v++) z += g[v] * 0.0f;
             if (z != 0) o->nonfinite = 1;
+            memcpy(out, g, (size_t)V * sizeof *out);
         }
     }
     double contrib = 0;

@@ -315,6 +315,20 @@ static void s_microbatch(void) {
         ap_obj_destroy(&o);
         free(g), free(gm);
     }
+    /* In place: dlogits == logits gives the same gradient. */
+    {
+        ap_obj_config_t c = s_all();
+        float *g, *inplace = ap_malloc(sizeof(float) * 9 * 5 * 11);
+        double a = s_run(&c, &f, &g, NULL, NULL);
+        memcpy(inplace, f.logits, sizeof(float) * 9 * 5 * 11);
+        ap_obj_t *o = ap_obj_new(&c);
+        ap_obj_result_t r;
+        AP_CHECK(ap_obj_compute(o, &f.b, inplace, inplace, &r, NULL) == 0, "%s", ap_errmsg());
+        AP_CHECK(r.loss == a && !memcmp(g, inplace, sizeof(float) * 9 * 5 * 11),
+                 "in-place eval differs (%g vs %g)", r.loss, a);
+        ap_obj_destroy(&o);
+        free(g), free(inplace);
+    }
     /* Dataset rows: only gkd touches them. */
     ap_obj_config_t c = s_all();
     c.gkd.c.enabled = 0;

@@ -246,7 +246,7 @@ void ap_obj_set_monitors(ap_obj_t *o, int on);
 int ap_obj_plan(ap_obj_t *o, const ap_obj_batch_t *b, const float *logp_theta);
 /* Loss and gradient of trajectories [row0, row0 + n) of the planned batch. `logits`
  * [n, T, V] are their student logits; `dlogits` [n, T, V] is WRITTEN (zeros where no objective
- * has weight). Returns this micro-batch's contribution to the total loss (the contributions
+ * has weight) and may be `logits` itself (in place). Returns this micro-batch's contribution to the total loss (the contributions
  * of a partition of the rows sum to the total). Hot path: no allocation. */
 double ap_obj_eval(ap_obj_t *o, int row0, int n, const float *logits, float *dlogits);
 /* Close the step: totals, the non-finite flag, and the monitors (appended/replaced in `mon`,
