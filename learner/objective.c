@@ -523,6 +523,17 @@ int ap_obj_plan(ap_obj_t *o, const ap_obj_batch_t *b, const float *lpt) {
         nonfin += (o->flags[pos] & S_WHY_NONFIN) != 0;
         badid += (o->flags[pos] & S_WHY_BADID) != 0;
     }
+    if (n_on > 0 && b->reward) { /* reward and accuracy of the on-policy trajectories */
+        double rs = 0, cs = 0;
+        int rn = 0;
+        for (int n = 0; n < N; n++)
+            if (s_on(b, n) && isfinite(b->reward[n])) rs += b->reward[n], rn++;
+        ap_monitors_set(&o->pm, "reward/mean", rn ? rs / rn : 0);
+        if (b->correct) {
+            for (int n = 0; n < N; n++) cs += s_on(b, n) && b->correct[n] != 0;
+            ap_monitors_set(&o->pm, "reward/accuracy", cs / n_on);
+        }
+    }
     ap_monitors_set(&o->pm, "mask/nonfinite_teacher", nonfin);
     ap_monitors_set(&o->pm, "mask/bad_ids", badid);
     if (pg_any) {

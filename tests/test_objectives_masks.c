@@ -210,7 +210,8 @@ static void s_monitors(void) {
                   {"pg/rho_mean", rm},         {"pg/rho_max", 4.0},
                   {"mask/stale_frac", 1.0 / 12}, {"mask/stale_tokens", 1},
                   {"grpo/groups", 2},          {"grpo/groups_dropped", 1},
-                  {"grpo/traj_dropped", 2},    {"tokens/grpo", 5}};
+                  {"grpo/traj_dropped", 2},    {"tokens/grpo", 5},
+                  {"reward/mean", 0.75}};
         for (size_t i = 0; i < AP_COUNT(mv); i++) {
             double got = ap_monitors_get(&mon, mv[i].name, NAN);
             printf("  %-22s %.6f\n", mv[i].name, got);
@@ -263,6 +264,7 @@ static void s_monitors(void) {
         /* A uniform self-teacher has entropy log V everywhere. */
         AP_CHECK_NEAR(ap_monitors_get(&mon, "srpo/teacher_entropy", NAN), log(V), 1e-6, 0,
                       "teacher entropy");
+        AP_CHECK(ap_monitors_get(&mon, "reward/accuracy", NAN) == 0.25, "accuracy");
         ap_obj_destroy(&o);
     }
 }
