@@ -121,15 +121,16 @@ static void s_case(const char *dir, const char *file) {
     if (obj && logits && grad_ref && loss_ref && b.mask) {
         int rc = ap_obj_compute(obj, &b, logits, grad, &res, &mon);
         AP_CHECK(rc == 0, "%s: %s", file, ap_errmsg());
-        double dn = 0, rn = 0;
+        double dn = 0, rn = 0, dmax = 0;
         for (int64_t i = 0; i < NTV; i++) {
-            dn += ((double)grad[i] - grad_ref[i]) * ((double)grad[i] - grad_ref[i]);
-            rn += (double)grad_ref[i] * grad_ref[i];
+            double d = (double)grad[i] - grad_ref[i];
+            dn += d * d, rn += (double)grad_ref[i] * grad_ref[i];
+            dmax = fabs(d) > dmax || isnan(d) ? fabs(d) : dmax;
         }
         double gerr = rn > 0 ? sqrt(dn / rn) : sqrt(dn);
         double lerr = fabs(res.loss - loss_ref[0]);
-        printf("%-40s loss %12.8f want %12.8f |diff| %.2e  grad rel err %.2e\n", file, res.loss,
-               loss_ref[0], lerr, gerr);
+        printf("%-38s loss %12.8f want %12.8f |diff| %.1e  grad rel err %.1e max %.1e\n",
+               file, res.loss, loss_ref[0], lerr, gerr, dmax);
         AP_CHECK_NEAR(res.loss, loss_ref[0], 1e-5, 1e-4, "%s: total loss", file);
         AP_CHECK(gerr < 1e-3, "%s: gradient relative error %.3g", file, gerr);
         AP_CHECK(!res.nonfinite, "%s: non-finite flag set", file);
