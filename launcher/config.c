@@ -405,11 +405,12 @@ static void s_emit(s_buf_t *b, const cyaml_schema_field_t *f, const char *base, 
             uint64_t count = 0;
             memcpy(&count, base + f->count_offset, AP_MIN(sizeof count, (size_t)f->count_size));
             const char *items = *(char *const *)p;
+            const cyaml_schema_value_t *e = f->value.sequence.entry;
+            size_t stride = (e->flags & CYAML_FLAG_POINTER) ? sizeof(void *) : e->data_size;
             s_put(b, "[");
             for (uint64_t i = 0; i < count; i++) {
                 if (i) s_put(b, ", ");
-                s_put_scalar(b, f->value.sequence.entry,
-                             items + i * f->value.sequence.entry->data_size);
+                s_put_scalar(b, e, items + i * stride);
             }
             s_put(b, "]");
         } else {

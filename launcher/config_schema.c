@@ -213,6 +213,20 @@ static const cyaml_schema_field_t s_objective[] = {
     F_MAP("srpo", ap_obj_config_t, srpo, s_srpo),
     F_BOOL("monitors", ap_obj_config_t, monitors), CYAML_FIELD_END};
 
+static const cyaml_strval_t s_trunc_modes[] = {
+    {"mask", AP_TRUNC_MASK}, {"keep", AP_TRUNC_KEEP}, {"penalize", AP_TRUNC_PENALIZE}};
+static const cyaml_schema_value_t s_token_text = {
+    CYAML_VALUE_STRING(CYAML_FLAG_POINTER, char, 0, CYAML_UNLIMITED)};
+static const cyaml_schema_field_t s_stabilizers[] = {
+    F_ENUM("truncated", ap_stabilizers_cfg_t, masks.truncated, s_trunc_modes),
+    F_INT("overlong_buffer", ap_stabilizers_cfg_t, masks.overlong_buffer),
+    F_DBL("max_truncation_rate", ap_stabilizers_cfg_t, masks.max_truncation_rate),
+    F_DBL("max_repetition", ap_stabilizers_cfg_t, masks.max_repetition),
+    F_INT("rep_n", ap_stabilizers_cfg_t, masks.rep_n),
+    CYAML_FIELD_SEQUENCE("mask_tokens", CYAML_FLAG_POINTER | OPT, ap_stabilizers_cfg_t,
+                         mask_tokens, &s_token_text, 0, AP_MASKS_MAX_SPECIAL),
+    CYAML_FIELD_END};
+
 static const cyaml_schema_field_t s_top[] = {
     F_MAP("run", ap_config_t, run, s_run),
     F_MAP("model", ap_config_t, model, s_model),
@@ -220,6 +234,7 @@ static const cyaml_schema_field_t s_top[] = {
     F_MAP("sampling", ap_config_t, sampling, s_sampling),
     F_MAP("batch", ap_config_t, batch, s_batch),
     F_MAP("objective", ap_config_t, objective, s_objective),
+    F_MAP("stabilizers", ap_config_t, stabilizers, s_stabilizers),
     F_MAP("optimizer", ap_config_t, optimizer, s_optimizer),
     F_MAP("learner", ap_config_t, learner, s_learner),
     F_MAP("buffer", ap_config_t, buffer, s_buffer),
@@ -254,6 +269,7 @@ void ap_config_defaults(ap_config_t *c) {
     for (size_t i = 0; i < AP_COUNT(task_strings); i++)
         *task_strings[i] = ap_strdup(*task_strings[i] ? *task_strings[i] : "");
     ap_obj_config_defaults(&c->objective);
+    ap_masks_defaults(&c->stabilizers.masks);
     c->optimizer = (ap_optimizer_cfg_t){.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
                                         .weight_decay = 0.0, .grad_clip = 1.0, .warmup_steps = 0,
                                         .schedule = AP_SCHEDULE_COSINE, .min_lr_ratio = 0.1};
@@ -326,6 +342,15 @@ int ap_config_validate(const ap_config_t *c, const char *origin) {
         oc.sampling_tau = c->sampling.temperature;
         oc.full_vocab_max = c->teacher.full_vocab_max;
         if (ap_obj_config_validate(&oc) < 0) return ap_err("%s: objective: %s", origin, ap_errmsg());
+    }
+    {
+        ap_masks_config_t mc = c->stabilizers.masks;
+        mc.max_new_tokens = c->sampling.max_new_tokens;
+        if (ap_masks_validate(&mc) < 0)
+            return ap_err("%s: stabilizers: %s", origin, ap_errmsg());
+        S_REQUIRE(mc.truncated != AP_TRUNC_PENALIZE ||
+                      mc.overlong_buffer < c->sampling.max_new_tokens,
+                  "stabilizers.overlong_buffer", "must be below sampling.max_new_tokens");
     }
     S_REQUIRE(c->optimizer.lr > 0, "optimizer.lr", "must be positive");
     S_REQUIRE(c->optimizer.beta1 >= 0 && c->optimizer.beta1 < 1, "optimizer.beta1",

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "apprentice/masks.h"
 #include "apprentice/objectives.h"
 #include "apprentice/task.h"
 
@@ -52,6 +53,14 @@ typedef struct {
     double on_policy_fraction; /* lambda: GKD's batch composition */
     int micro_batch;           /* trajectories per forward/backward; 0 = the whole batch */
 } ap_batch_cfg_t;
+
+typedef struct {
+    ap_masks_config_t masks;    /* truncated, overlong_buffer, max_truncation_rate,
+                                   max_repetition, rep_n (eos_id, max_new_tokens and the
+                                   special ids are filled in by the learner) */
+    char **mask_tokens;         /* token texts masked wherever they occur ("<pad>", "#") */
+    unsigned mask_tokens_count;
+} ap_stabilizers_cfg_t;
 
 typedef enum { AP_SCHEDULE_CONSTANT = 0, AP_SCHEDULE_COSINE = 1 } ap_schedule_t;
 
@@ -157,6 +166,7 @@ typedef struct ap_config {
     ap_sampling_cfg_t sampling;
     ap_batch_cfg_t batch;
     ap_obj_config_t objective; /* the learner's objectives (learner/, docs/OBJECTIVES.md) */
+    ap_stabilizers_cfg_t stabilizers; /* masks and monitors around the objectives */
     ap_optimizer_cfg_t optimizer;
     ap_learner_cfg_t learner;
     ap_buffer_cfg_t buffer;
