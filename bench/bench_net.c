@@ -326,8 +326,8 @@ static void s_usage(FILE *out) {
             "a thread with its own ZeroMQ context), digests verified. JSON lines on stdout.\n\n"
             "  --mb N          model size in MB (default 100)\n"
             "  --clients N     clients (default 4)\n"
-            "  --chunk-mib N   chunk size in MiB (default 4)\n"
-            "  --window N      chunk requests in flight per client (default 8)\n"
+            "  --chunk-mib N   chunk size in MiB (default 1)\n"
+            "  --window N      chunk requests in flight per client (default 4)\n"
             "  --reps N        versions distributed; the median is reported (default 3)\n"
             "  --curve on|off|both   CURVE encryption (default both)\n"
             "  --no-wire       skip the bytes/token report\n");
@@ -340,8 +340,8 @@ int ap_bench_weights(int argc, char **argv) {
         {"reps", required_argument, 0, 'r'},    {"curve", required_argument, 0, 'v'},
         {"no-wire", no_argument, 0, 'n'},       {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
-    double mb = 100, chunk_mib = 4;
-    int clients = 4, window = 8, reps = 3, wire = 1, curve_mode = 2, c;
+    double mb = 100, chunk_mib = 1;
+    int clients = 4, window = 4, reps = 3, wire = 1, curve_mode = 2, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {

@@ -491,8 +491,10 @@ ap_sock_t *ap_sock_new(ap_net_t *net, const ap_sock_opts_t *o) {
         goto fail;
     }
     /* Handshake monitor (before bind/connect so no event is missed). */
+    static atomic_ullong mon_seq; /* unique names: a freed socket's address gets reused */
     char mon_ep[64];
-    snprintf(mon_ep, sizeof mon_ep, "inproc://ap-mon-%p", (void *)s);
+    snprintf(mon_ep, sizeof mon_ep, "inproc://ap-mon-%llu",
+             (unsigned long long)atomic_fetch_add(&mon_seq, 1));
     int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                  ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
                  ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED;
@@ -504,6 +506,9 @@ ap_sock_t *ap_sock_new(ap_net_t *net, const ap_sock_opts_t *o) {
             s->mon = NULL;
         }
     }
+    if (!s->mon)
+        ap_log(AP_LOG_WARN, "%s: no socket monitor (%s): handshakes are not counted", s->name,
+               zmq_strerror(errno));
     if ((o->bind ? zmq_bind(z, o->endpoint) : zmq_connect(z, o->endpoint)) != 0) {
         ap_err("%s: %s %s: %s", s->name, o->bind ? "bind" : "connect", o->endpoint,
                zmq_strerror(errno));

@@ -234,7 +234,7 @@ ap_wserver_t *ap_wserver_new(ap_net_t *net, struct ev_loop *loop, const ap_wserv
     s_sodium();
     ap_wserver_t *w = ap_calloc(1, sizeof *w);
     w->loop = loop;
-    w->chunk_bytes = o->chunk_bytes ? o->chunk_bytes : 4u << 20;
+    w->chunk_bytes = o->chunk_bytes ? o->chunk_bytes : 1u << 20; /* bench weights: see PERFORMANCE.md */
     w->keep = o->keep > 0 ? o->keep : 2;
     w->corrupt = -1;
     ap_msg_limits_t lim;
@@ -501,7 +501,7 @@ ap_wclient_t *ap_wclient_new(ap_net_t *net, struct ev_loop *loop, const ap_wclie
     s_sodium();
     ap_wclient_t *c = ap_calloc(1, sizeof *c);
     c->loop = loop;
-    c->window = o->window > 0 ? o->window : 8;
+    c->window = o->window > 0 ? o->window : 4;
     c->poll = o->poll_interval > 0 ? o->poll_interval : 1.0;
     c->max_bytes = o->max_bytes ? o->max_bytes : (16ull << 30);
     ap_msg_limits_t lim;

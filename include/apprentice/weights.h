@@ -72,7 +72,7 @@ typedef struct {
     const char *endpoint;     /* ROUTER for pulls (bound) */
     const char *pub_endpoint; /* PUB for version hints (bound); NULL: none */
     const char *domain;       /* ZAP domain under CURVE (default "weights") */
-    uint32_t chunk_bytes;     /* default 4 MiB; 1 KiB .. 16 MiB */
+    uint32_t chunk_bytes;     /* default 1 MiB; 1 KiB .. 16 MiB */
     int keep;                 /* versions kept besides in-flight references (default 2) */
     double hint_interval;     /* seconds between PUB re-announcements (default 1) */
 } ap_wserver_opts_t;
@@ -109,7 +109,7 @@ typedef struct {
     const char *endpoint;     /* the server's ROUTER */
     const char *pub_endpoint; /* the server's PUB (NULL: rely on polling) */
     const char *server_key;   /* CURVE: the learner's public key (Z85) */
-    int window;               /* chunk requests in flight (default 8) */
+    int window;               /* chunk requests in flight (default 4) */
     double poll_interval;     /* seconds between "latest?" requests and stall checks (default 1) */
     uint64_t max_bytes;       /* largest blob accepted (default 16 GiB) */
 } ap_wclient_opts_t;
