@@ -133,6 +133,8 @@ static const cyaml_schema_field_t s_sft[] = {
     F_DBL("privileged_fraction", ap_sft_cfg_t, privileged_fraction),
     F_INT("eval_every", ap_sft_cfg_t, eval_every),
     F_INT("checkpoint_every", ap_sft_cfg_t, checkpoint_every),
+    F_INT("keep_checkpoints", ap_sft_cfg_t, keep_checkpoints),
+    F_STR("vocab", ap_sft_cfg_t, vocab),
     F_INT("hidden_size", ap_sft_cfg_t, hidden_size),
     F_INT("intermediate_size", ap_sft_cfg_t, intermediate_size),
     F_INT("num_layers", ap_sft_cfg_t, num_layers),
@@ -298,7 +300,8 @@ void ap_config_defaults(ap_config_t *c) {
     c->sft = (ap_sft_cfg_t){.out = ap_strdup(""), .init = ap_strdup(""),
                             .data = AP_SFT_DATA_TASK, .teacher = ap_strdup(""), .steps = 2000,
                             .batch = 64, .privileged_fraction = 0.0, .eval_every = 500,
-                            .checkpoint_every = 500, .hidden_size = 128,
+                            .checkpoint_every = 500, .keep_checkpoints = 2,
+                            .vocab = ap_strdup(""), .hidden_size = 128,
                             .intermediate_size = 384, .num_layers = 4, .num_heads = 4,
                             .num_kv_heads = 4, .max_positions = 64, .tie_embeddings = true};
 }
@@ -403,6 +406,7 @@ int ap_config_validate(const ap_config_t *c, const char *origin) {
               "sft.privileged_fraction", "must be in [0, 1]");
     S_REQUIRE(c->sft.eval_every >= 0, "sft.eval_every", "must not be negative");
     S_REQUIRE(c->sft.checkpoint_every >= 0, "sft.checkpoint_every", "must not be negative");
+    S_REQUIRE(c->sft.keep_checkpoints >= 0, "sft.keep_checkpoints", "must not be negative");
     S_REQUIRE(c->sft.data != AP_SFT_DATA_TEACHER || c->sft.teacher[0], "sft.teacher",
               "is required with sft.data: teacher_samples");
     return 0;

@@ -154,6 +154,9 @@ typedef struct {
     double privileged_fraction; /* examples rendered with the privileged template */
     int eval_every;         /* held-out greedy accuracy every N steps; 0 = only at the end */
     int checkpoint_every;
+    int keep_checkpoints;   /* newest N checkpoints kept in the run directory; 0 = all */
+    char *vocab;            /* from scratch: vocabulary dir to reuse (created from the task when
+                               it has no vocab.json); "" = build from the task */
     /* architecture of a model trained from scratch */
     int hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, max_positions;
     bool tie_embeddings;
