@@ -45,7 +45,8 @@ static json_t *s_scores_json(const ap_scores_t *s) {
     json_object_set_new(o, "temperature", json_real(s->temperature));
     json_object_set_new(o, "vocab_size", json_integer(s->vocab_size));
     json_object_set_new(o, "top_k", json_integer(s->K));
-    for (int i = 0; i < s->G; i++) json_array_append_new(len, json_integer(s->offset[i + 1] - s->offset[i]));
+    for (int i = 0; i < s->G; i++)
+        json_array_append_new(len, json_integer(s->offset[i + 1] - s->offset[i]));
     for (int t = 0; t < s->n_tokens; t++) {
         json_array_append_new(sampled, json_real(s->sampled[t]));
         json_t *ti = json_array(), *tl = json_array();
@@ -67,7 +68,8 @@ static void s_bench_wire(int V, int G, int T, int K) {
     ap_rng_t r;
     ap_rng_seed(&r, 5, 0);
     int *off = ap_malloc((size_t)(G + 1) * sizeof *off);
-    for (int i = 0; i <= G; i++) off[i] = i * T;
+    for (int i = 0; i <= G; i++)
+        off[i] = i * T;
     ap_scores_t *s = ap_scores_new(G, off, K, 0, V);
     free(off);
     s->request_id = 123456789;
@@ -161,7 +163,9 @@ typedef struct {
     int failed;
 } s_client_t;
 
-static void s_wake(struct ev_loop *l, ev_timer *t, int r) { (void)l, (void)t, (void)r; }
+static void s_wake(struct ev_loop *l, ev_timer *t, int r) {
+    (void)l, (void)t, (void)r;
+}
 
 static void *s_client_main(void *arg) {
     s_client_t *c = arg;
@@ -170,8 +174,10 @@ static void *s_client_main(void *arg) {
     memcpy(no.secret_key, c->sec, AP_Z85_KEY);
     ap_net_t *net = ap_net_new(&no);
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    ap_wclient_opts_t o = {.endpoint = c->endpoint, .pub_endpoint = c->pub_endpoint,
-                           .server_key = c->server_key, .window = c->window,
+    ap_wclient_opts_t o = {.endpoint = c->endpoint,
+                           .pub_endpoint = c->pub_endpoint,
+                           .server_key = c->server_key,
+                           .window = c->window,
                            .poll_interval = 0.5};
     ap_wclient_t *wc = net ? ap_wclient_new(net, loop, &o) : NULL;
     if (!wc) {
@@ -208,12 +214,14 @@ static int s_bench_weights(double mb, int n_clients, uint32_t chunk, int window,
     ap_model_config_defaults(&cfg);
     cfg.vocab_size = 8192, cfg.hidden_size = 512, cfg.intermediate_size = 1536;
     cfg.num_heads = 8, cfg.num_kv_heads = 8, cfg.max_positions = 256, cfg.num_layers = 1;
-    while (ap_model_config_num_params(&cfg) * 4.0 < mb * 1e6) cfg.num_layers++;
+    while (ap_model_config_num_params(&cfg) * 4.0 < mb * 1e6)
+        cfg.num_layers++;
     size_t n = (size_t)ap_model_config_num_params(&cfg), bytes = n * 4;
     float *params = ap_malloc(bytes);
     ap_rng_t r;
     ap_rng_seed(&r, 9, 0);
-    for (size_t i = 0; i < n; i++) params[i] = (float)ap_rng_uniform(&r);
+    for (size_t i = 0; i < n; i++)
+        params[i] = (float)ap_rng_uniform(&r);
 
     char spub[AP_Z85_KEY] = "", ssec[AP_Z85_KEY] = "";
     if (curve) zmq_curve_keypair(spub, ssec);
@@ -227,8 +235,10 @@ static int s_bench_weights(double mb, int n_clients, uint32_t chunk, int window,
         return 1;
     }
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    ap_wserver_opts_t so = {.endpoint = "tcp://127.0.0.1:*", .pub_endpoint = "tcp://127.0.0.1:*",
-                            .chunk_bytes = chunk, .keep = 2};
+    ap_wserver_opts_t so = {.endpoint = "tcp://127.0.0.1:*",
+                            .pub_endpoint = "tcp://127.0.0.1:*",
+                            .chunk_bytes = chunk,
+                            .keep = 2};
     ap_wserver_t *srv = ap_wserver_new(net, loop, &so);
     if (!srv) {
         fprintf(stderr, "bench weights: %s\n", ap_errmsg());
@@ -252,15 +262,18 @@ static int s_bench_weights(double mb, int n_clients, uint32_t chunk, int window,
         pthread_create(&cl[i].th, NULL, s_client_main, &cl[i]);
     }
     for (int i = 0; i < n_clients; i++)
-        while (!atomic_load(&cl[i].ready)) ap_sleep(0.001);
+        while (!atomic_load(&cl[i].ready))
+            ap_sleep(0.001);
     /* let every client connect and ask for "latest" (nothing yet) */
     double t_settle = ap_now();
-    while (ap_now() - t_settle < 0.3) ev_run(loop, EVRUN_NOWAIT), ap_sleep(0.001);
+    while (ap_now() - t_settle < 0.3)
+        ev_run(loop, EVRUN_NOWAIT), ap_sleep(0.001);
 
     ev_timer wake;
     ev_timer_init(&wake, s_wake, 0.002, 0.002);
     ev_timer_start(loop, &wake);
-    double *dist = ap_malloc((size_t)reps * sizeof *dist), *pub = ap_malloc((size_t)reps * sizeof *pub);
+    double *dist = ap_malloc((size_t)reps * sizeof *dist),
+           *pub = ap_malloc((size_t)reps * sizeof *pub);
     int rc = 0, done_reps = 0;
     for (int rep = 0; rep < reps && rc == 0; rep++) {
         uint64_t step = (uint64_t)rep + 1;
@@ -276,7 +289,8 @@ static int s_bench_weights(double mb, int n_clients, uint32_t chunk, int window,
         while (!all && ap_now() - t1 < 60) {
             ev_run(loop, EVRUN_ONCE);
             all = 1;
-            for (int i = 0; i < n_clients; i++) all &= atomic_load(&cl[i].got_step) == step;
+            for (int i = 0; i < n_clients; i++)
+                all &= atomic_load(&cl[i].got_step) == step;
         }
         if (!all) {
             fprintf(stderr, "bench weights: clients did not finish in 60 s\n");
@@ -284,15 +298,19 @@ static int s_bench_weights(double mb, int n_clients, uint32_t chunk, int window,
             break;
         }
         double last = 0;
-        for (int i = 0; i < n_clients; i++) last = AP_MAX(last, cl[i].done_at);
+        for (int i = 0; i < n_clients; i++)
+            last = AP_MAX(last, cl[i].done_at);
         pub[rep] = t1 - t0;
         dist[rep] = last - t1;
         done_reps++;
     }
     ev_timer_stop(loop, &wake);
-    for (int i = 0; i < n_clients; i++) atomic_store(&cl[i].stop, 1);
-    for (int i = 0; i < n_clients; i++) pthread_join(cl[i].th, NULL);
-    for (int i = 0; i < n_clients; i++) rc |= cl[i].failed;
+    for (int i = 0; i < n_clients; i++)
+        atomic_store(&cl[i].stop, 1);
+    for (int i = 0; i < n_clients; i++)
+        pthread_join(cl[i].th, NULL);
+    for (int i = 0; i < n_clients; i++)
+        rc |= cl[i].failed;
     if (done_reps == reps && rc == 0) {
         double d = s_median(dist, reps), p = s_median(pub, reps);
         json_t *o = json_object();
@@ -306,7 +324,8 @@ static int s_bench_weights(double mb, int n_clients, uint32_t chunk, int window,
         json_object_set_new(o, "publish_s", json_real(p));
         json_object_set_new(o, "distribute_s", json_real(d));
         json_object_set_new(o, "total_s", json_real(p + d));
-        json_object_set_new(o, "aggregate_gb_per_s", json_real(bytes * (double)n_clients / d / 1e9));
+        json_object_set_new(o, "aggregate_gb_per_s",
+                            json_real(bytes * (double)n_clients / d / 1e9));
         json_object_set_new(o, "target_s", json_real(2.0));
         json_object_set_new(o, "digests_verified", json_true());
         ap_bench_emit(o);
@@ -334,28 +353,47 @@ static void s_usage(FILE *out) {
 }
 
 int ap_bench_weights(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"mb", required_argument, 0, 'm'},      {"clients", required_argument, 0, 'c'},
-        {"chunk-mib", required_argument, 0, 'k'}, {"window", required_argument, 0, 'w'},
-        {"reps", required_argument, 0, 'r'},    {"curve", required_argument, 0, 'v'},
-        {"no-wire", no_argument, 0, 'n'},       {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"mb", required_argument, 0, 'm'},
+                                         {"clients", required_argument, 0, 'c'},
+                                         {"chunk-mib", required_argument, 0, 'k'},
+                                         {"window", required_argument, 0, 'w'},
+                                         {"reps", required_argument, 0, 'r'},
+                                         {"curve", required_argument, 0, 'v'},
+                                         {"no-wire", no_argument, 0, 'n'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     double mb = 100, chunk_mib = 1;
     int clients = 4, window = 4, reps = 3, wire = 1, curve_mode = 2, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': mb = atof(optarg); break;
-        case 'c': clients = atoi(optarg); break;
-        case 'k': chunk_mib = atof(optarg); break;
-        case 'w': window = atoi(optarg); break;
-        case 'r': reps = atoi(optarg); break;
+        case 'm':
+            mb = atof(optarg);
+            break;
+        case 'c':
+            clients = atoi(optarg);
+            break;
+        case 'k':
+            chunk_mib = atof(optarg);
+            break;
+        case 'w':
+            window = atoi(optarg);
+            break;
+        case 'r':
+            reps = atoi(optarg);
+            break;
         case 'v':
             curve_mode = !strcmp(optarg, "on") ? 1 : !strcmp(optarg, "off") ? 0 : 2;
             break;
-        case 'n': wire = 0; break;
-        case 'h': s_usage(stdout); return 0;
-        default: s_usage(stderr); return 2;
+        case 'n':
+            wire = 0;
+            break;
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        default:
+            s_usage(stderr);
+            return 2;
         }
     }
     uint32_t chunk = (uint32_t)(chunk_mib * 1048576);

@@ -32,10 +32,18 @@ int ap_cmd_keygen(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "d:fh", opts, NULL)) != -1) {
         switch (c) {
-        case 'd': dir = optarg; break;
-        case 'f': force = 1; break;
-        case 'h': s_usage(stdout); return 0;
-        default: s_usage(stderr); return 2;
+        case 'd':
+            dir = optarg;
+            break;
+        case 'f':
+            force = 1;
+            break;
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        default:
+            s_usage(stderr);
+            return 2;
         }
     }
     if (optind >= argc) {

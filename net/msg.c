@@ -26,9 +26,9 @@
 
 struct ap_msg_codec {
     ap_msg_limits_t lim;
-    ap_version_t latest;  /* newest version known; {0,0}: no future check */
+    ap_version_t latest; /* newest version known; {0,0}: no future check */
     ap_msg_stats_t stats;
-    ap_ratelimit_t rl;    /* one log line per second per codec */
+    ap_ratelimit_t rl; /* one log line per second per codec */
     char name[64];
 };
 
@@ -51,10 +51,21 @@ static int s_fail(s_verdict_t *v, ap_reject_t reason, const char *fmt, ...) {
 
 /* ---------------------------------------------------------------- names and limits */
 
-static const char *s_type_names[AP_MSG_TYPE_COUNT] = {
-    "none",  "hello",         "credit", "heartbeat",     "bye",   "reset",
-    "group", "score_request", "scores", "batch_request", "batch", "weights_announce",
-    "weights_request", "weights_chunk", "metrics"};
+static const char *s_type_names[AP_MSG_TYPE_COUNT] = {"none",
+                                                      "hello",
+                                                      "credit",
+                                                      "heartbeat",
+                                                      "bye",
+                                                      "reset",
+                                                      "group",
+                                                      "score_request",
+                                                      "scores",
+                                                      "batch_request",
+                                                      "batch",
+                                                      "weights_announce",
+                                                      "weights_request",
+                                                      "weights_chunk",
+                                                      "metrics"};
 
 const char *ap_msg_type_name(ap_msg_type_t t) {
     return (unsigned)t < AP_MSG_TYPE_COUNT ? s_type_names[t] : "invalid";
@@ -88,8 +99,7 @@ void ap_msg_limits_default(ap_msg_limits_t *lim) {
 
 /* ---------------------------------------------------------------- semantic checks (C side) */
 
-static int s_check_version(const char *what, ap_version_t v, ap_version_t latest,
-                           s_verdict_t *vd) {
+static int s_check_version(const char *what, ap_version_t v, ap_version_t latest, s_verdict_t *vd) {
     if (!ap_version_is_zero(latest) && ap_version_cmp(v, latest) > 0)
         return s_fail(vd, AP_REJECT_FUTURE,
                       "%s version %u:%llu is newer than the latest known %u:%llu", what, v.gen,
@@ -145,8 +155,9 @@ static int s_check_text(const char *what, const char *s, int max, s_verdict_t *v
 static int s_check_group(const ap_group_t *g, const ap_msg_limits_t *lim, ap_version_t latest,
                          s_verdict_t *vd) {
     if (!g) return s_fail(vd, AP_REJECT_LENGTH, "group missing");
-    if (g->G < 1) return s_fail(vd, AP_REJECT_LENGTH, "group %llu has G = %d",
-                                (unsigned long long)g->id, g->G);
+    if (g->G < 1)
+        return s_fail(vd, AP_REJECT_LENGTH, "group %llu has G = %d", (unsigned long long)g->id,
+                      g->G);
     if (g->G > lim->max_group)
         return s_fail(vd, AP_REJECT_LIMIT, "group G = %d > limit %d", g->G, lim->max_group);
     if (g->n_prompt < 0 || g->n_prompt > lim->max_prompt)
@@ -262,7 +273,9 @@ static int s_check_batch(const ap_batch_t *b, const ap_msg_limits_t *lim, ap_ver
     return 0;
 }
 
-static int s_name_ok(const char *s) { return memchr(s, 0, AP_NAME_MAX) != NULL; }
+static int s_name_ok(const char *s) {
+    return memchr(s, 0, AP_NAME_MAX) != NULL;
+}
 
 /* Semantic check of any message (step 6). */
 static int s_check(const ap_msg_t *m, const ap_msg_limits_t *lim, ap_version_t latest,
@@ -277,7 +290,8 @@ static int s_check(const ap_msg_t *m, const ap_msg_limits_t *lim, ap_version_t l
         if (m->u.hello.vocab_size < 0)
             return s_fail(vd, AP_REJECT_LENGTH, "hello vocab_size %d", m->u.hello.vocab_size);
         return 0;
-    case AP_MSG_CREDIT: return 0;
+    case AP_MSG_CREDIT:
+        return 0;
     case AP_MSG_HEARTBEAT:
         if (!isfinite(m->u.heartbeat.time))
             return s_fail(vd, AP_REJECT_FLOAT, "heartbeat time %g", m->u.heartbeat.time);
@@ -285,7 +299,8 @@ static int s_check(const ap_msg_t *m, const ap_msg_limits_t *lim, ap_version_t l
     case AP_MSG_BYE:
     case AP_MSG_RESET:
         return s_name_ok(m->u.bye.reason) ? 0 : s_fail(vd, AP_REJECT_TEXT, "reason too long");
-    case AP_MSG_GROUP: return s_check_group(m->u.group, lim, latest, vd);
+    case AP_MSG_GROUP:
+        return s_check_group(m->u.group, lim, latest, vd);
     case AP_MSG_SCORE_REQUEST: {
         const ap_score_request_t *r = &m->u.score_request;
         if ((unsigned)r->kind >= AP_TEACHER_COUNT)
@@ -297,13 +312,15 @@ static int s_check(const ap_msg_t *m, const ap_msg_limits_t *lim, ap_version_t l
                           (double)r->temperature);
         return s_check_group(r->group, lim, latest, vd);
     }
-    case AP_MSG_SCORES: return s_check_scores(m->u.scores, lim, latest, vd);
+    case AP_MSG_SCORES:
+        return s_check_scores(m->u.scores, lim, latest, vd);
     case AP_MSG_BATCH_REQUEST:
         if (m->u.batch_request.trajectories < 0)
             return s_fail(vd, AP_REJECT_LENGTH, "batch request for %d trajectories",
                           m->u.batch_request.trajectories);
         return 0;
-    case AP_MSG_BATCH: return s_check_batch(m->u.batch, lim, latest, vd);
+    case AP_MSG_BATCH:
+        return s_check_batch(m->u.batch, lim, latest, vd);
     case AP_MSG_WEIGHTS_ANNOUNCE: {
         const ap_weights_announce_t *a = &m->u.announce;
         if (a->size == 0 || a->chunk_size == 0)
@@ -313,11 +330,12 @@ static int s_check(const ap_msg_t *m, const ap_msg_limits_t *lim, ap_version_t l
             return s_fail(vd, AP_REJECT_LIMIT, "chunk size %u > limit %llu", a->chunk_size,
                           (unsigned long long)lim->max_raw);
         if ((a->size + a->chunk_size - 1) / a->chunk_size != a->n_chunks)
-            return s_fail(vd, AP_REJECT_LENGTH, "%u chunks of %u bytes for %llu bytes",
-                          a->n_chunks, a->chunk_size, (unsigned long long)a->size);
+            return s_fail(vd, AP_REJECT_LENGTH, "%u chunks of %u bytes for %llu bytes", a->n_chunks,
+                          a->chunk_size, (unsigned long long)a->size);
         return 0;
     }
-    case AP_MSG_WEIGHTS_REQUEST: return 0;
+    case AP_MSG_WEIGHTS_REQUEST:
+        return 0;
     case AP_MSG_WEIGHTS_CHUNK:
         if (m->u.chunk.len == 0 || (lim->max_raw && m->u.chunk.len > lim->max_raw))
             return s_fail(vd, AP_REJECT_SIZE, "chunk of %zu bytes", m->u.chunk.len);
@@ -341,7 +359,8 @@ static int s_check(const ap_msg_t *m, const ap_msg_limits_t *lim, ap_version_t l
         }
         return 0;
     }
-    default: return s_fail(vd, AP_REJECT_TYPE, "message type %d", (int)m->type);
+    default:
+        return s_fail(vd, AP_REJECT_TYPE, "message type %d", (int)m->type);
     }
 }
 
@@ -375,7 +394,8 @@ static void *s_tmp(s_scratch_t *sc, size_t bytes) {
 }
 
 static void s_tmp_free(s_scratch_t *sc) {
-    for (int i = 0; i < sc->n; i++) free(sc->p[i]);
+    for (int i = 0; i < sc->n; i++)
+        free(sc->p[i]);
     free(sc->p);
     memset(sc, 0, sizeof *sc);
 }
@@ -511,8 +531,10 @@ static void s_to_pb(const ap_msg_t *m, Ap__Envelope *env, s_scratch_t *sc) {
         Ap__Bye *b = s_tmp(sc, sizeof *b);
         ap__bye__init(b);
         b->reason = (char *)m->u.bye.reason;
-        if (m->type == AP_MSG_BYE) env->body_case = AP__ENVELOPE__BODY_BYE, env->bye = b;
-        else env->body_case = AP__ENVELOPE__BODY_RESET, env->reset = b;
+        if (m->type == AP_MSG_BYE)
+            env->body_case = AP__ENVELOPE__BODY_BYE, env->bye = b;
+        else
+            env->body_case = AP__ENVELOPE__BODY_RESET, env->reset = b;
         break;
     }
     case AP_MSG_GROUP: {
@@ -634,13 +656,15 @@ static void s_to_pb(const ap_msg_t *m, Ap__Envelope *env, s_scratch_t *sc) {
         pm->time = x->time;
         pm->n_names = pm->n_values = (size_t)x->n;
         pm->names = s_tmp(sc, (size_t)x->n * sizeof *pm->names);
-        for (int i = 0; i < x->n; i++) pm->names[i] = x->names[i];
+        for (int i = 0; i < x->n; i++)
+            pm->names[i] = x->names[i];
         pm->values = x->values;
         env->body_case = AP__ENVELOPE__BODY_METRICS;
         env->metrics = pm;
         break;
     }
-    default: AP_ASSERTF(0, "s_to_pb: message type %d", (int)m->type);
+    default:
+        AP_ASSERTF(0, "s_to_pb: message type %d", (int)m->type);
     }
 }
 
@@ -760,15 +784,16 @@ static ap_group_t *s_group_from_pb(const Ap__TrajectoryGroup *pb, const ap_msg_l
         return s_fail(vd, AP_REJECT_LIMIT, "group G = %zu > limit %d", G, lim->max_group), NULL;
     if (pb->n_prompt > (size_t)lim->max_prompt)
         return s_fail(vd, AP_REJECT_LIMIT, "prompt of %zu tokens > limit %d", pb->n_prompt,
-                      lim->max_prompt), NULL;
+                      lim->max_prompt),
+               NULL;
     if (pb->source != AP__SOURCE__SOURCE_ON_POLICY && pb->source != AP__SOURCE__SOURCE_DATASET)
         return s_fail(vd, AP_REJECT_ENUM, "source %d unknown", (int)pb->source), NULL;
     int dataset = pb->source == AP__SOURCE__SOURCE_DATASET;
     long long n = s_sum_lengths("lengths", pb->lengths, G, lim->max_tokens, vd);
     if (n < 0) return NULL;
     if ((size_t)n != pb->n_tokens)
-        return s_fail(vd, AP_REJECT_LENGTH, "lengths sum to %lld but %zu tokens", n,
-                      pb->n_tokens), NULL;
+        return s_fail(vd, AP_REJECT_LENGTH, "lengths sum to %lld but %zu tokens", n, pb->n_tokens),
+               NULL;
     if (pb->n_logprobs != (size_t)n && !(dataset && pb->n_logprobs == 0))
         return s_fail(vd, AP_REJECT_LENGTH, "%zu logprobs for %lld tokens", pb->n_logprobs, n),
                NULL;
@@ -779,13 +804,15 @@ static ap_group_t *s_group_from_pb(const Ap__TrajectoryGroup *pb, const ap_msg_l
         return s_fail(vd, AP_REJECT_LENGTH,
                       "per-trajectory fields disagree with G = %zu (correct %zu, finish %zu, "
                       "feedback %zu, ctx_lengths %zu)",
-                      G, pb->n_correct, pb->n_finish, pb->n_feedback, pb->n_ctx_lengths), NULL;
-    long long nc = s_sum_lengths("ctx_lengths", pb->ctx_lengths, pb->n_ctx_lengths, lim->max_ctx,
-                                 vd);
+                      G, pb->n_correct, pb->n_finish, pb->n_feedback, pb->n_ctx_lengths),
+               NULL;
+    long long nc =
+        s_sum_lengths("ctx_lengths", pb->ctx_lengths, pb->n_ctx_lengths, lim->max_ctx, vd);
     if (nc < 0) return NULL;
     if ((size_t)nc != pb->n_ctx_tokens)
         return s_fail(vd, AP_REJECT_LENGTH, "ctx_lengths sum to %lld but %zu ctx tokens", nc,
-                      pb->n_ctx_tokens), NULL;
+                      pb->n_ctx_tokens),
+               NULL;
     for (size_t i = 0; i < pb->n_finish; i++)
         if ((unsigned)pb->finish[i] >= AP_FINISH_COUNT)
             return s_fail(vd, AP_REJECT_ENUM, "finish[%zu] = %d unknown", i, (int)pb->finish[i]),
@@ -800,7 +827,8 @@ static ap_group_t *s_group_from_pb(const Ap__TrajectoryGroup *pb, const ap_msg_l
         if (!pb->feedback[i] ||
             (lim->max_text > 0 && strlen(pb->feedback[i]) > (size_t)lim->max_text))
             return s_fail(vd, AP_REJECT_TEXT, "feedback[%zu] missing or over %d bytes", i,
-                          lim->max_text), NULL;
+                          lim->max_text),
+                   NULL;
 
     int *len = ap_malloc(G * sizeof *len), *ctx = ap_malloc(G * sizeof *ctx);
     for (size_t i = 0; i < G; i++) {
@@ -838,11 +866,13 @@ static ap_scores_t *s_scores_from_pb(const Ap__ScoredGroup *pb, const ap_msg_lim
         return s_fail(vd, AP_REJECT_LIMIT, "scores G = %zu > limit %d", G, lim->max_group), NULL;
     if ((unsigned)pb->kind >= AP_TEACHER_COUNT)
         return s_fail(vd, AP_REJECT_ENUM, "teacher kind %d unknown", (int)pb->kind), NULL;
-    if (pb->vocab_size < 1) return s_fail(vd, AP_REJECT_LENGTH, "vocab_size %d", pb->vocab_size), NULL;
+    if (pb->vocab_size < 1)
+        return s_fail(vd, AP_REJECT_LENGTH, "vocab_size %d", pb->vocab_size), NULL;
     if (pb->full ? (pb->vocab_size > lim->max_full_vocab || pb->top_k != pb->vocab_size)
                  : (pb->top_k < 0 || pb->top_k > lim->max_topk))
-        return s_fail(vd, AP_REJECT_LIMIT, "K = %d (full %d, V %d) outside the limits",
-                      pb->top_k, (int)pb->full, pb->vocab_size), NULL;
+        return s_fail(vd, AP_REJECT_LIMIT, "K = %d (full %d, V %d) outside the limits", pb->top_k,
+                      (int)pb->full, pb->vocab_size),
+               NULL;
     long long n = s_sum_lengths("lengths", pb->lengths, G, lim->max_tokens, vd);
     if (n < 0) return NULL;
     size_t nk = (size_t)n * (size_t)pb->top_k;
@@ -851,11 +881,13 @@ static ap_scores_t *s_scores_from_pb(const Ap__ScoredGroup *pb, const ap_msg_lim
         return s_fail(vd, AP_REJECT_LENGTH,
                       "scores for %lld tokens, K %d: %zu sampled, %zu ids, %zu logprobs, "
                       "%zu present",
-                      n, pb->top_k, pb->n_sampled, pb->n_ids, pb->n_logprobs, pb->n_present), NULL;
+                      n, pb->top_k, pb->n_sampled, pb->n_ids, pb->n_logprobs, pb->n_present),
+               NULL;
     if (s_ids_fit("topk ids", pb->ids, pb->n_ids, vd) < 0) return NULL;
     int *off = ap_malloc((G + 1) * sizeof *off);
     off[0] = 0;
-    for (size_t i = 0; i < G; i++) off[i + 1] = off[i] + (int)pb->lengths[i];
+    for (size_t i = 0; i < G; i++)
+        off[i + 1] = off[i] + (int)pb->lengths[i];
     ap_scores_t *s = ap_scores_new((int)G, off, pb->top_k, pb->full, pb->vocab_size);
     free(off);
     s->request_id = pb->request_id;
@@ -863,7 +895,8 @@ static ap_scores_t *s_scores_from_pb(const Ap__ScoredGroup *pb, const ap_msg_lim
     s->kind = (ap_teacher_kind_t)pb->kind;
     s->version = (ap_version_t){pb->weights_gen, pb->weights_step};
     s->temperature = pb->temperature;
-    for (size_t i = 0; i < pb->n_present; i++) s->present[i] = pb->present[i] ? 1 : 0;
+    for (size_t i = 0; i < pb->n_present; i++)
+        s->present[i] = pb->present[i] ? 1 : 0;
     memcpy(s->sampled, pb->sampled, (size_t)n * 4);
     if (!pb->full) memcpy(s->ids, pb->ids, nk * 4);
     memcpy(s->logprobs, pb->logprobs, nk * 4);
@@ -1025,27 +1058,41 @@ static int s_from_pb(const Ap__Envelope *env, const ap_msg_limits_t *lim, const 
         }
         return 0;
     }
-    default: return s_fail(vd, AP_REJECT_TYPE, "envelope without a known body (%d)",
-                           (int)env->body_case);
+    default:
+        return s_fail(vd, AP_REJECT_TYPE, "envelope without a known body (%d)",
+                      (int)env->body_case);
     }
 }
 
 void ap_msg_clear(ap_msg_t *m) {
     switch (m->type) {
-    case AP_MSG_GROUP: ap_group_destroy(&m->u.group); break;
-    case AP_MSG_SCORE_REQUEST: ap_group_destroy(&m->u.score_request.group); break;
-    case AP_MSG_SCORES: ap_scores_destroy(&m->u.scores); break;
-    case AP_MSG_BATCH: ap_batch_destroy(&m->u.batch); break;
-    case AP_MSG_METRICS: ap_metrics_destroy(&m->u.metrics); break;
-    default: break;
+    case AP_MSG_GROUP:
+        ap_group_destroy(&m->u.group);
+        break;
+    case AP_MSG_SCORE_REQUEST:
+        ap_group_destroy(&m->u.score_request.group);
+        break;
+    case AP_MSG_SCORES:
+        ap_scores_destroy(&m->u.scores);
+        break;
+    case AP_MSG_BATCH:
+        ap_batch_destroy(&m->u.batch);
+        break;
+    case AP_MSG_METRICS:
+        ap_metrics_destroy(&m->u.metrics);
+        break;
+    default:
+        break;
     }
     memset(m, 0, sizeof *m);
 }
 
 ap_msg_codec_t *ap_msg_codec_new(const ap_msg_limits_t *lim, const char *name) {
     ap_msg_codec_t *c = ap_calloc(1, sizeof *c);
-    if (lim) c->lim = *lim;
-    else ap_msg_limits_default(&c->lim);
+    if (lim)
+        c->lim = *lim;
+    else
+        ap_msg_limits_default(&c->lim);
     snprintf(c->name, sizeof c->name, "%s", name ? name : "codec");
     return c;
 }
@@ -1056,10 +1103,18 @@ void ap_msg_codec_destroy(ap_msg_codec_t **c) {
     *c = NULL;
 }
 
-void ap_msg_codec_set_latest(ap_msg_codec_t *c, ap_version_t v) { c->latest = v; }
-void ap_msg_codec_set_vocab(ap_msg_codec_t *c, int32_t vocab_size) { c->lim.vocab_size = vocab_size; }
-const ap_msg_stats_t *ap_msg_codec_stats(const ap_msg_codec_t *c) { return &c->stats; }
-const ap_msg_limits_t *ap_msg_codec_limits(const ap_msg_codec_t *c) { return &c->lim; }
+void ap_msg_codec_set_latest(ap_msg_codec_t *c, ap_version_t v) {
+    c->latest = v;
+}
+void ap_msg_codec_set_vocab(ap_msg_codec_t *c, int32_t vocab_size) {
+    c->lim.vocab_size = vocab_size;
+}
+const ap_msg_stats_t *ap_msg_codec_stats(const ap_msg_codec_t *c) {
+    return &c->stats;
+}
+const ap_msg_limits_t *ap_msg_codec_limits(const ap_msg_codec_t *c) {
+    return &c->lim;
+}
 
 static void s_count(ap_msg_codec_t *c, ap_reject_t why, const char *msg) {
     AP_ASSERT((unsigned)why < AP_REJECT_REASON_COUNT);

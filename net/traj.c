@@ -10,7 +10,9 @@
 #include "apprentice/traj.h"
 
 /* Round up to 8 bytes so every carved array is aligned for its type. */
-static size_t s_round8(size_t n) { return (n + 7) & ~(size_t)7; }
+static size_t s_round8(size_t n) {
+    return (n + 7) & ~(size_t)7;
+}
 
 /* Carve `n` bytes from *cursor. */
 static void *s_carve(char **cursor, size_t n) {
@@ -32,9 +34,10 @@ ap_group_t *ap_group_new(int G, int n_prompt, const int *len, const int *ctx_len
     }
     AP_ASSERT(n_tokens <= 0x7fffffff && n_ctx <= 0x7fffffff);
     size_t bytes = s_round8(sizeof(ap_group_t)) + s_round8((size_t)n_prompt * 4) +
-                   2 * s_round8((size_t)(G + 1) * sizeof(int)) + 2 * s_round8((size_t)n_tokens * 4) +
-                   s_round8((size_t)G * 4) + 2 * s_round8((size_t)G) +
-                   s_round8((size_t)G * sizeof(char *)) + s_round8((size_t)n_ctx * 4);
+                   2 * s_round8((size_t)(G + 1) * sizeof(int)) +
+                   2 * s_round8((size_t)n_tokens * 4) + s_round8((size_t)G * 4) +
+                   2 * s_round8((size_t)G) + s_round8((size_t)G * sizeof(char *)) +
+                   s_round8((size_t)n_ctx * 4);
     char *block = ap_calloc(1, bytes), *cur = block;
     ap_group_t *g = s_carve(&cur, sizeof *g);
     g->item_id = -1;
@@ -67,7 +70,8 @@ ap_group_t *ap_group_new(int G, int n_prompt, const int *len, const int *ctx_len
 void ap_group_destroy(ap_group_t **gp) {
     if (!gp || !*gp) return;
     ap_group_t *g = *gp;
-    for (int i = 0; i < g->G; i++) free(g->feedback[i]);
+    for (int i = 0; i < g->G; i++)
+        free(g->feedback[i]);
     free(g->prompt_text);
     free(g); /* the struct is the start of the block */
     *gp = NULL;
@@ -106,18 +110,20 @@ ap_group_t *ap_group_clone(const ap_group_t *g) {
     memcpy(c->correct, g->correct, (size_t)g->G);
     memcpy(c->finish, g->finish, (size_t)g->G);
     memcpy(c->ctx_tokens, g->ctx_tokens, (size_t)g->n_ctx * 4);
-    for (int i = 0; i < g->G; i++) ap_group_set_feedback(c, i, g->feedback[i]);
+    for (int i = 0; i < g->G; i++)
+        ap_group_set_feedback(c, i, g->feedback[i]);
     return c;
 }
 
 ap_scores_t *ap_scores_new(int G, const int *offset, int K, int full, int vocab_size) {
     AP_ASSERT(G >= 1 && offset && offset[0] == 0 && K >= 0);
     if (full) AP_ASSERT(K == vocab_size);
-    for (int i = 0; i < G; i++) AP_ASSERT(offset[i + 1] >= offset[i]);
+    for (int i = 0; i < G; i++)
+        AP_ASSERT(offset[i + 1] >= offset[i]);
     size_t n = (size_t)offset[G];
     size_t bytes = s_round8(sizeof(ap_scores_t)) + s_round8((size_t)(G + 1) * sizeof(int)) +
-                   s_round8((size_t)G) + s_round8(n * 4) + (full ? 0 : s_round8(n * (size_t)K * 4)) +
-                   s_round8(n * (size_t)K * 4);
+                   s_round8((size_t)G) + s_round8(n * 4) +
+                   (full ? 0 : s_round8(n * (size_t)K * 4)) + s_round8(n * (size_t)K * 4);
     char *block = ap_calloc(1, bytes), *cur = block;
     ap_scores_t *s = s_carve(&cur, sizeof *s);
     s->G = G;
@@ -172,7 +178,8 @@ void ap_batch_destroy(ap_batch_t **bp) {
     ap_batch_t *b = *bp;
     for (int i = 0; i < b->n_items; i++) {
         ap_group_destroy(&b->items[i].group);
-        for (int k = 0; k < b->items[i].n_scores; k++) ap_scores_destroy(&b->items[i].scores[k]);
+        for (int k = 0; k < b->items[i].n_scores; k++)
+            ap_scores_destroy(&b->items[i].scores[k]);
         free(b->items[i].scores);
     }
     free(b->items);

@@ -26,9 +26,9 @@
 #define ZMQ_ZAP_ENFORCE_DOMAIN 93 /* draft constant; the 4.3.4 library honours it */
 #endif
 
-#define S_BATCH 64          /* messages handled per loop iteration per socket */
-#define S_MAX_PARTS 4       /* [rid][proto][raw] + one to detect excess */
-#define S_MAXMSG_SLACK 64   /* CURVE adds 33 bytes per frame (research 7.1) */
+#define S_BATCH 64        /* messages handled per loop iteration per socket */
+#define S_MAX_PARTS 4     /* [rid][proto][raw] + one to detect excess */
+#define S_MAXMSG_SLACK 64 /* CURVE adds 33 bytes per frame (research 7.1) */
 
 /* ---------------------------------------------------------------- keys */
 
@@ -102,7 +102,9 @@ int ap_curve_keygen(const char *dir, const char *name, int force) {
     return rc;
 }
 
-int ap_curve_load_public(const char *path, char pub[AP_Z85_KEY]) { return s_read_key(path, pub); }
+int ap_curve_load_public(const char *path, char pub[AP_Z85_KEY]) {
+    return s_read_key(path, pub);
+}
 
 int ap_curve_load(const char *dir, const char *name, char pub[AP_Z85_KEY], char sec[AP_Z85_KEY]) {
     char *spath = ap_sprintf("%s/%s.key", dir, name), *ppath = ap_sprintf("%s/%s.pub", dir, name);
@@ -116,8 +118,10 @@ int ap_curve_load(const char *dir, const char *name, char pub[AP_Z85_KEY], char 
         if (zmq_curve_public(p, s) != 0) rc = ap_err("%s: cannot derive the public key", spath);
     }
     if (rc == 0 && ap_path_exists(ppath)) {
-        if (s_read_key(ppath, filed) < 0) rc = -1;
-        else if (strcmp(filed, p)) rc = ap_err("%s does not match %s", ppath, spath);
+        if (s_read_key(ppath, filed) < 0)
+            rc = -1;
+        else if (strcmp(filed, p))
+            rc = ap_err("%s does not match %s", ppath, spath);
     }
     if (rc == 0) {
         if (pub) memcpy(pub, p, AP_Z85_KEY);
@@ -140,14 +144,14 @@ struct ap_net {
     void *ctx;
     int curve;
     char pub[AP_Z85_KEY], sec[AP_Z85_KEY];
-    void *zap;            /* REP on inproc://zeromq.zap.01, owned by zap_thread */
+    void *zap; /* REP on inproc://zeromq.zap.01, owned by zap_thread */
     pthread_t zap_thread;
     int zap_running;
-    pthread_mutex_t mu;   /* guards allow */
+    pthread_mutex_t mu; /* guards allow */
     s_allow_t *allow;
     int n_allow, cap_allow;
     atomic_ullong zap_accepted, zap_refused, zap_invalid;
-    atomic_int n_socks;   /* live sockets (must be 0 at destroy) */
+    atomic_int n_socks; /* live sockets (must be 0 at destroy) */
 };
 
 /* Look up (domain, key): 1 and user_id filled when allowed. */
@@ -193,11 +197,14 @@ static void *s_zap_main(void *arg) {
                 break;
             }
             more = zmq_msg_more(&m);
-            if (np < 8) part[np++] = m; /* struct copy: ownership moves */
-            else zmq_msg_close(&m);     /* excess frames drained */
+            if (np < 8)
+                part[np++] = m; /* struct copy: ownership moves */
+            else
+                zmq_msg_close(&m); /* excess frames drained */
         }
         if (err) {
-            for (int i = 0; i < np; i++) zmq_msg_close(&part[i]);
+            for (int i = 0; i < np; i++)
+                zmq_msg_close(&part[i]);
             if (err == ETERM) break;
             if (err == EINTR) continue;
             ap_log(AP_LOG_ERROR, "ZAP handler: recv: %s", zmq_strerror(err));
@@ -205,8 +212,10 @@ static void *s_zap_main(void *arg) {
         }
         if (np < 6 || zmq_msg_size(&part[0]) != 3 || memcmp(zmq_msg_data(&part[0]), "1.0", 3)) {
             atomic_fetch_add(&n->zap_invalid, 1);
-            if (np >= 2) s_zap_reply(n->zap, &part[1], "500", "bad ZAP request", "");
-            else s_zap_reply(n->zap, &part[0], "500", "bad ZAP request", "");
+            if (np >= 2)
+                s_zap_reply(n->zap, &part[1], "500", "bad ZAP request", "");
+            else
+                s_zap_reply(n->zap, &part[0], "500", "bad ZAP request", "");
         } else {
             const char *mech = zmq_msg_data(&part[5]);
             size_t mlen = zmq_msg_size(&part[5]);
@@ -221,14 +230,16 @@ static void *s_zap_main(void *arg) {
             } else {
                 atomic_fetch_add(&n->zap_refused, 1);
                 char key[AP_Z85_KEY] = "?";
-                if (np == 7 && zmq_msg_size(&part[6]) == 32) zmq_z85_encode(key, zmq_msg_data(&part[6]), 32);
+                if (np == 7 && zmq_msg_size(&part[6]) == 32)
+                    zmq_z85_encode(key, zmq_msg_data(&part[6]), 32);
                 int dl = (int)AP_MIN(zmq_msg_size(&part[2]), 64);
-                ap_log(AP_LOG_WARN, "ZAP: refused %.*s key %s in domain '%.*s'", (int)AP_MIN(mlen, 16),
-                       mech, key, dl, (const char *)zmq_msg_data(&part[2]));
+                ap_log(AP_LOG_WARN, "ZAP: refused %.*s key %s in domain '%.*s'",
+                       (int)AP_MIN(mlen, 16), mech, key, dl, (const char *)zmq_msg_data(&part[2]));
                 s_zap_reply(n->zap, &part[1], "400", "not allowed", "");
             }
         }
-        for (int i = 0; i < np; i++) zmq_msg_close(&part[i]);
+        for (int i = 0; i < np; i++)
+            zmq_msg_close(&part[i]);
     }
     zmq_close(n->zap);
     return NULL;
@@ -289,7 +300,8 @@ void ap_net_destroy(ap_net_t **np) {
     if (!np || !*np) return;
     ap_net_t *n = *np;
     int live = atomic_load(&n->n_socks);
-    if (live) ap_log(AP_LOG_ERROR, "ap_net_destroy: %d sockets still open (a bug): closing anyway", live);
+    /* zmq_ctx_term would wait for them forever: abort with a message instead of hanging. */
+    AP_ASSERTF(live == 0, "ap_net_destroy: %d sockets still open (destroy them first)", live);
     zmq_ctx_shutdown(n->ctx); /* the ZAP thread's recv returns ETERM */
     if (n->zap_running) pthread_join(n->zap_thread, NULL);
     while (zmq_ctx_term(n->ctx) != 0 && errno == EINTR) {
@@ -301,13 +313,18 @@ void ap_net_destroy(ap_net_t **np) {
     *np = NULL;
 }
 
-void *ap_net_zmq_ctx(ap_net_t *n) { return n->ctx; }
-int ap_net_curve(const ap_net_t *n) { return n->curve; }
+void *ap_net_zmq_ctx(ap_net_t *n) {
+    return n->ctx;
+}
+int ap_net_curve(const ap_net_t *n) {
+    return n->curve;
+}
 
 int ap_net_allow(ap_net_t *n, const char *domain, const char *public_key, const char *user_id) {
     s_allow_t a;
     memset(&a, 0, sizeof a);
-    if (!s_key_ok(public_key)) return ap_err("allow-list: '%.48s' is not a Z85 public key", public_key);
+    if (!s_key_ok(public_key))
+        return ap_err("allow-list: '%.48s' is not a Z85 public key", public_key);
     if (!domain || !*domain || strlen(domain) >= AP_NAME_MAX)
         return ap_err("allow-list: bad domain");
     zmq_z85_decode(a.key, public_key);
@@ -334,8 +351,10 @@ int ap_net_allow_dir(ap_net_t *n, const char *domain, const char *dir) {
         char *path = ap_sprintf("%s/%s", dir, e->d_name), key[AP_Z85_KEY];
         char stem[AP_NAME_MAX];
         snprintf(stem, sizeof stem, "%.*s", (int)AP_MIN(len - 4, AP_NAME_MAX - 1), e->d_name);
-        if (ap_curve_load_public(path, key) < 0 || ap_net_allow(n, domain, key, stem) < 0) rc = -1;
-        else count++;
+        if (ap_curve_load_public(path, key) < 0 || ap_net_allow(n, domain, key, stem) < 0)
+            rc = -1;
+        else
+            count++;
         free(path);
     }
     closedir(d);
@@ -360,7 +379,7 @@ struct ap_sock {
     ap_msg_codec_t *codec;
     zmq_msg_t held[S_MAX_PARTS]; /* parts of the last message received (chunk data lives here) */
     int n_held;
-    void *mon;                   /* PAIR receiving this socket's monitor events */
+    void *mon; /* PAIR receiving this socket's monitor events */
     ap_sock_events_t ev;
     ap_ratelimit_t rl;
     /* libev */
@@ -375,7 +394,9 @@ struct ap_sock {
     int watching;
 };
 
-static int s_setopt_int(void *z, int opt, int v) { return zmq_setsockopt(z, opt, &v, sizeof v); }
+static int s_setopt_int(void *z, int opt, int v) {
+    return zmq_setsockopt(z, opt, &v, sizeof v);
+}
 
 static const char *s_type_name(ap_sock_type_t t) {
     static const char *names[] = {"ROUTER", "DEALER", "PUB", "SUB"};
@@ -383,7 +404,8 @@ static const char *s_type_name(ap_sock_type_t t) {
 }
 
 static void s_release_held(ap_sock_t *s) {
-    for (int i = 0; i < s->n_held; i++) zmq_msg_close(&s->held[i]);
+    for (int i = 0; i < s->n_held; i++)
+        zmq_msg_close(&s->held[i]);
     s->n_held = 0;
 }
 
@@ -413,14 +435,29 @@ static void s_monitor_drain(ap_sock_t *s) {
         }
         zmq_msg_close(&a);
         switch (event) {
-        case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: s->ev.handshake_ok++; break;
-        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: s->ev.handshake_failed_auth++; break;
-        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL: s->ev.handshake_failed_protocol++; break;
-        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL: s->ev.handshake_failed_other++; break;
-        case ZMQ_EVENT_ACCEPTED: s->ev.accepted++; break;
-        case ZMQ_EVENT_CONNECTED: s->ev.connected++; break;
-        case ZMQ_EVENT_DISCONNECTED: s->ev.disconnected++; break;
-        default: break;
+        case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+            s->ev.handshake_ok++;
+            break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+            s->ev.handshake_failed_auth++;
+            break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            s->ev.handshake_failed_protocol++;
+            break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            s->ev.handshake_failed_other++;
+            break;
+        case ZMQ_EVENT_ACCEPTED:
+            s->ev.accepted++;
+            break;
+        case ZMQ_EVENT_CONNECTED:
+            s->ev.connected++;
+            break;
+        case ZMQ_EVENT_DISCONNECTED:
+            s->ev.disconnected++;
+            break;
+        default:
+            break;
         }
         if (event & (ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
                      ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)) {
@@ -443,8 +480,10 @@ ap_sock_t *ap_sock_new(ap_net_t *net, const ap_sock_opts_t *o) {
     s->linger = o->linger_ms >= 0 ? o->linger_ms : (o->type == AP_SOCK_DEALER ? 200 : 0);
     size_t max_msg = o->max_msg ? o->max_msg : (1u << 20);
     ap_msg_limits_t lim;
-    if (o->limits) lim = *o->limits;
-    else ap_msg_limits_default(&lim);
+    if (o->limits)
+        lim = *o->limits;
+    else
+        ap_msg_limits_default(&lim);
     lim.max_frame = max_msg;
     if (!o->limits) lim.max_raw = max_msg; /* given limits keep theirs (a SUB judging announces) */
     s->codec = ap_msg_codec_new(&lim, s->name);
@@ -459,11 +498,13 @@ ap_sock_t *ap_sock_new(ap_net_t *net, const ap_sock_opts_t *o) {
     int rc = s_setopt_int(z, ZMQ_LINGER, s->linger) | s_setopt_int(z, ZMQ_SNDHWM, hwm) |
              s_setopt_int(z, ZMQ_RCVHWM, hwm) |
              zmq_setsockopt(z, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) |
-             s_setopt_int(z, ZMQ_HEARTBEAT_IVL, 1000) | s_setopt_int(z, ZMQ_HEARTBEAT_TIMEOUT, 5000) |
+             s_setopt_int(z, ZMQ_HEARTBEAT_IVL, 1000) |
+             s_setopt_int(z, ZMQ_HEARTBEAT_TIMEOUT, 5000) |
              s_setopt_int(z, ZMQ_HEARTBEAT_TTL, 5000);
     if (o->type == AP_SOCK_ROUTER) rc |= s_setopt_int(z, ZMQ_ROUTER_MANDATORY, 1);
     if (!o->bind)
-        rc |= s_setopt_int(z, ZMQ_RECONNECT_IVL, 100) | s_setopt_int(z, ZMQ_RECONNECT_IVL_MAX, 5000);
+        rc |=
+            s_setopt_int(z, ZMQ_RECONNECT_IVL, 100) | s_setopt_int(z, ZMQ_RECONNECT_IVL_MAX, 5000);
     if (o->type == AP_SOCK_DEALER && o->immediate) rc |= s_setopt_int(z, ZMQ_IMMEDIATE, 1);
     if (o->type == AP_SOCK_SUB) rc |= zmq_setsockopt(z, ZMQ_SUBSCRIBE, "", 0);
     if (net->curve) {
@@ -545,9 +586,15 @@ void ap_sock_destroy(ap_sock_t **sp) {
     *sp = NULL;
 }
 
-const char *ap_sock_endpoint(const ap_sock_t *s) { return s->endpoint; }
-ap_msg_codec_t *ap_sock_codec(ap_sock_t *s) { return s->codec; }
-void *ap_sock_zmq(ap_sock_t *s) { return s->z; }
+const char *ap_sock_endpoint(const ap_sock_t *s) {
+    return s->endpoint;
+}
+ap_msg_codec_t *ap_sock_codec(ap_sock_t *s) {
+    return s->codec;
+}
+void *ap_sock_zmq(ap_sock_t *s) {
+    return s->z;
+}
 
 const ap_sock_events_t *ap_sock_events(ap_sock_t *s) {
     s_monitor_drain(s);
@@ -650,8 +697,10 @@ int ap_sock_recv(ap_sock_t *s, ap_peer_t *from, ap_msg_t *out) {
             break;
         }
         more = zmq_msg_more(&m);
-        if (s->n_held < S_MAX_PARTS) s->held[s->n_held++] = m;
-        else zmq_msg_close(&m); /* drain an over-long multipart message */
+        if (s->n_held < S_MAX_PARTS)
+            s->held[s->n_held++] = m;
+        else
+            zmq_msg_close(&m); /* drain an over-long multipart message */
         total++;
     }
     int first = s->type == AP_SOCK_ROUTER ? 1 : 0;
@@ -687,9 +736,9 @@ int ap_sock_recv_wait(ap_sock_t *s, ap_peer_t *from, ap_msg_t *out, int timeout_
     for (;;) {
         int rc = ap_sock_recv(s, from, out);
         if (rc > 0) return 1;
-        if (rc < 0) continue; /* rejected: look for the next one */
         double left = deadline - ap_now();
         if (left <= 0) return 0;
+        if (rc < 0) continue; /* rejected: look for the next one */
         zmq_pollitem_t it = {s->z, 0, ZMQ_POLLIN, 0};
         zmq_poll(&it, 1, (long)(left * 1000) + 1);
     }
@@ -709,8 +758,12 @@ static int s_pending(ap_sock_t *s) {
            (s->mon && (s_events(s->mon) & ZMQ_POLLIN));
 }
 
-static void s_noop_io(struct ev_loop *l, ev_io *w, int r) { (void)l, (void)w, (void)r; }
-static void s_noop_idle(struct ev_loop *l, ev_idle *w, int r) { (void)l, (void)w, (void)r; }
+static void s_noop_io(struct ev_loop *l, ev_io *w, int r) {
+    (void)l, (void)w, (void)r;
+}
+static void s_noop_idle(struct ev_loop *l, ev_idle *w, int r) {
+    (void)l, (void)w, (void)r;
+}
 
 static void s_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
     (void)revents;
@@ -734,8 +787,7 @@ static void s_check_cb(struct ev_loop *loop, ev_check *w, int revents) {
             ap_msg_clear(&m);
         }
     }
-    if (s->watching && s->on_writable && (s_events(s->z) & ZMQ_POLLOUT))
-        s->on_writable(s, s->data);
+    if (s->watching && s->on_writable && (s_events(s->z) & ZMQ_POLLOUT)) s->on_writable(s, s->data);
 }
 
 void ap_sock_watch(ap_sock_t *s, struct ev_loop *loop, ap_sock_msg_cb on_msg, void *data) {

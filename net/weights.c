@@ -25,14 +25,27 @@
 
 /* ---------------------------------------------------------------- blobs */
 
-static void s_put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); } /* little-endian hosts */
-static void s_put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
-static uint32_t s_get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static uint64_t s_get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static void s_put32(uint8_t *p, uint32_t v) {
+    memcpy(p, &v, 4);
+} /* little-endian hosts */
+static void s_put64(uint8_t *p, uint64_t v) {
+    memcpy(p, &v, 8);
+}
+static uint32_t s_get32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static uint64_t s_get64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
 
 static uint8_t *s_alloc_blob(size_t size) {
     void *p = NULL;
-    if (posix_memalign(&p, 64, size ? size : 64) != 0) ap_die(__FILE__, __LINE__, "out of memory (%zu bytes)", size);
+    if (posix_memalign(&p, 64, size ? size : 64) != 0)
+        ap_die(__FILE__, __LINE__, "out of memory (%zu bytes)", size);
     return p;
 }
 
@@ -48,8 +61,8 @@ uint8_t *ap_weights_pack(ap_version_t v, const ap_model_config_t *cfg, uint64_t 
     s_put64(b + 24, v.step);
     s_put64(b + 32, params_bytes);
     s_put64(b + 40, table_hash);
-    const int32_t ints[8] = {cfg->vocab_size, cfg->hidden_size, cfg->intermediate_size,
-                             cfg->num_layers, cfg->num_heads,   cfg->num_kv_heads,
+    const int32_t ints[8] = {cfg->vocab_size,    cfg->hidden_size,   cfg->intermediate_size,
+                             cfg->num_layers,    cfg->num_heads,     cfg->num_kv_heads,
                              cfg->max_positions, cfg->tie_embeddings};
     memcpy(b + 48, ints, sizeof ints);
     memcpy(b + 80, &cfg->rms_norm_eps, 4);
@@ -115,7 +128,7 @@ typedef struct {
     size_t size;
     uint8_t digest[AP_DIGEST_BYTES];
     uint32_t chunk_bytes, n_chunks;
-    atomic_int refs; /* 1 while kept + 1 per chunk in flight (released on an I/O thread) */
+    atomic_int refs;  /* 1 while kept + 1 per chunk in flight (released on an I/O thread) */
     atomic_int *live; /* the server's live-snapshot counter */
 } s_snap_t;
 
@@ -234,21 +247,33 @@ ap_wserver_t *ap_wserver_new(ap_net_t *net, struct ev_loop *loop, const ap_wserv
     s_sodium();
     ap_wserver_t *w = ap_calloc(1, sizeof *w);
     w->loop = loop;
-    w->chunk_bytes = o->chunk_bytes ? o->chunk_bytes : 1u << 20; /* bench weights: see PERFORMANCE.md */
+    w->chunk_bytes =
+        o->chunk_bytes ? o->chunk_bytes : 1u << 20; /* bench weights: see PERFORMANCE.md */
     w->keep = o->keep > 0 ? o->keep : 2;
     w->corrupt = -1;
     ap_msg_limits_t lim;
     ap_msg_limits_default(&lim);
     lim.accept = 1u << AP_MSG_WEIGHTS_REQUEST;
     const char *domain = o->domain ? o->domain : "weights";
-    ap_sock_opts_t ro = {.type = AP_SOCK_ROUTER, .endpoint = o->endpoint, .bind = 1,
-                         .domain = domain, .max_msg = 4096, .hwm = 10000, .linger_ms = 0,
-                         .limits = &lim, .name = "weights/router"};
+    ap_sock_opts_t ro = {.type = AP_SOCK_ROUTER,
+                         .endpoint = o->endpoint,
+                         .bind = 1,
+                         .domain = domain,
+                         .max_msg = 4096,
+                         .hwm = 10000,
+                         .linger_ms = 0,
+                         .limits = &lim,
+                         .name = "weights/router"};
     w->router = ap_sock_new(net, &ro);
     if (!w->router) goto fail;
     if (o->pub_endpoint) {
-        ap_sock_opts_t po = {.type = AP_SOCK_PUB, .endpoint = o->pub_endpoint, .bind = 1,
-                             .domain = domain, .max_msg = 4096, .hwm = 100, .linger_ms = 0,
+        ap_sock_opts_t po = {.type = AP_SOCK_PUB,
+                             .endpoint = o->pub_endpoint,
+                             .bind = 1,
+                             .domain = domain,
+                             .max_msg = 4096,
+                             .hwm = 100,
+                             .linger_ms = 0,
                              .name = "weights/pub"};
         w->pub = ap_sock_new(net, &po);
         if (!w->pub) goto fail;
@@ -271,7 +296,8 @@ void ap_wserver_destroy(ap_wserver_t **wp) {
     ev_timer_stop(w->loop, &w->hint);
     ap_sock_destroy(&w->router); /* linger 0: queued chunks are dropped and released */
     ap_sock_destroy(&w->pub);
-    for (int i = 0; i < w->n_snaps; i++) s_unref(w->snaps[i]);
+    for (int i = 0; i < w->n_snaps; i++)
+        s_unref(w->snaps[i]);
     free(w->snaps);
     if (atomic_load(&w->live))
         ap_log(AP_LOG_DEBUG, "weights: %d snapshots still referenced by ZeroMQ at destroy",
@@ -321,11 +347,15 @@ void ap_wserver_stats(const ap_wserver_t *w, ap_wserver_stats_t *out) {
     out->live_snapshots = atomic_load(&((ap_wserver_t *)w)->live);
 }
 
-const char *ap_wserver_endpoint(const ap_wserver_t *w) { return ap_sock_endpoint(w->router); }
+const char *ap_wserver_endpoint(const ap_wserver_t *w) {
+    return ap_sock_endpoint(w->router);
+}
 const char *ap_wserver_pub_endpoint(const ap_wserver_t *w) {
     return w->pub ? ap_sock_endpoint(w->pub) : NULL;
 }
-void ap_wserver_debug_corrupt(ap_wserver_t *w, uint32_t index) { w->corrupt = index; }
+void ap_wserver_debug_corrupt(ap_wserver_t *w, uint32_t index) {
+    w->corrupt = index;
+}
 
 /* ---------------------------------------------------------------- client */
 
@@ -340,13 +370,13 @@ struct ap_wclient {
     int active;
     ap_weights_announce_t man;
     uint8_t *blob;
-    uint8_t *got;        /* [n_chunks] received */
-    uint32_t next_req;   /* chunks [0, next_req) have been requested */
+    uint8_t *got;      /* [n_chunks] received */
+    uint32_t next_req; /* chunks [0, next_req) have been requested */
     uint32_t n_recv;
-    uint32_t hash_next;  /* chunks [0, hash_next) are in the hash */
+    uint32_t hash_next; /* chunks [0, hash_next) are in the hash */
     crypto_generichash_state hs;
     double last_progress;
-    int digest_retries;  /* of this version */
+    int digest_retries; /* of this version */
     /* results */
     ap_version_t newest; /* newest announced */
     ap_version_t taken;  /* newest handed out by take */
@@ -405,12 +435,13 @@ static void s_start_transfer(ap_wclient_t *c, const ap_weights_announce_t *a) {
 }
 
 static void s_on_announce(ap_wclient_t *c, const ap_weights_announce_t *a) {
-    if (a->size > c->max_bytes || a->size < AP_WEIGHTS_HEADER_BYTES || a->chunk_size > S_MAX_CHUNK) {
+    if (a->size > c->max_bytes || a->size < AP_WEIGHTS_HEADER_BYTES ||
+        a->chunk_size > S_MAX_CHUNK) {
         c->stats.bad_chunks++;
         return;
     }
     if (ap_version_cmp(a->version, c->newest) > 0) c->newest = a->version;
-    if (ap_version_cmp(a->version, s_have(c)) <= 0) return; /* nothing new */
+    if (ap_version_cmp(a->version, s_have(c)) <= 0) return;                   /* nothing new */
     if (c->active && ap_version_cmp(a->version, c->man.version) <= 0) return; /* already on it */
     c->digest_retries = 0;
     s_start_transfer(c, a);
@@ -469,15 +500,19 @@ static void s_on_chunk(ap_wclient_t *c, const ap_weights_chunk_t *ch) {
                                   AP_MIN((uint64_t)c->man.chunk_size, c->man.size - o));
         c->hash_next++;
     }
-    if (c->n_recv == c->man.n_chunks) s_complete(c);
-    else s_fill(c);
+    if (c->n_recv == c->man.n_chunks)
+        s_complete(c);
+    else
+        s_fill(c);
 }
 
 static void s_client_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *msg, void *data) {
     (void)s, (void)from;
     ap_wclient_t *c = data;
-    if (msg->type == AP_MSG_WEIGHTS_ANNOUNCE) s_on_announce(c, &msg->u.announce);
-    else if (msg->type == AP_MSG_WEIGHTS_CHUNK) s_on_chunk(c, &msg->u.chunk);
+    if (msg->type == AP_MSG_WEIGHTS_ANNOUNCE)
+        s_on_announce(c, &msg->u.announce);
+    else if (msg->type == AP_MSG_WEIGHTS_CHUNK)
+        s_on_chunk(c, &msg->u.chunk);
 }
 
 static void s_tick_cb(struct ev_loop *loop, ev_timer *t, int revents) {
@@ -508,9 +543,13 @@ ap_wclient_t *ap_wclient_new(ap_net_t *net, struct ev_loop *loop, const ap_wclie
     ap_msg_limits_default(&lim);
     lim.accept = (1u << AP_MSG_WEIGHTS_ANNOUNCE) | (1u << AP_MSG_WEIGHTS_CHUNK);
     lim.max_raw = S_MAX_CHUNK;
-    ap_sock_opts_t d = {.type = AP_SOCK_DEALER, .endpoint = o->endpoint,
-                        .server_key = o->server_key, .max_msg = S_MAX_CHUNK + 4096,
-                        .hwm = 4 * c->window + 16, .linger_ms = 0, .limits = &lim,
+    ap_sock_opts_t d = {.type = AP_SOCK_DEALER,
+                        .endpoint = o->endpoint,
+                        .server_key = o->server_key,
+                        .max_msg = S_MAX_CHUNK + 4096,
+                        .hwm = 4 * c->window + 16,
+                        .linger_ms = 0,
+                        .limits = &lim,
                         .name = "weights/client"};
     c->dealer = ap_sock_new(net, &d);
     if (!c->dealer) goto fail;
@@ -518,9 +557,14 @@ ap_wclient_t *ap_wclient_new(ap_net_t *net, struct ev_loop *loop, const ap_wclie
     if (o->pub_endpoint) {
         ap_msg_limits_t sl = lim;
         sl.accept = 1u << AP_MSG_WEIGHTS_ANNOUNCE;
-        ap_sock_opts_t so = {.type = AP_SOCK_SUB, .endpoint = o->pub_endpoint,
-                             .server_key = o->server_key, .max_msg = 4096, .hwm = 100,
-                             .linger_ms = 0, .limits = &sl, .name = "weights/sub"};
+        ap_sock_opts_t so = {.type = AP_SOCK_SUB,
+                             .endpoint = o->pub_endpoint,
+                             .server_key = o->server_key,
+                             .max_msg = 4096,
+                             .hwm = 100,
+                             .linger_ms = 0,
+                             .limits = &sl,
+                             .name = "weights/sub"};
         c->sub = ap_sock_new(net, &so);
         if (!c->sub) goto fail;
         ap_sock_watch(c->sub, loop, s_client_msg, c);
@@ -562,5 +606,9 @@ void ap_wclient_on_ready(ap_wclient_t *c, void (*cb)(ap_wclient_t *c, void *data
     c->on_ready_data = data;
 }
 
-ap_version_t ap_wclient_newest_known(const ap_wclient_t *c) { return c->newest; }
-void ap_wclient_stats(const ap_wclient_t *c, ap_wclient_stats_t *out) { *out = c->stats; }
+ap_version_t ap_wclient_newest_known(const ap_wclient_t *c) {
+    return c->newest;
+}
+void ap_wclient_stats(const ap_wclient_t *c, ap_wclient_stats_t *out) {
+    *out = c->stats;
+}

@@ -31,8 +31,13 @@ static ap_net_t *s_net(const s_keys_t *k) {
 
 static ap_sock_t *s_sock(ap_net_t *n, ap_sock_type_t type, const char *ep, int bind,
                          const char *domain, const char *server_key) {
-    ap_sock_opts_t o = {.type = type, .endpoint = ep, .bind = bind, .domain = domain,
-                        .server_key = server_key, .linger_ms = 0, .name = "curve-test"};
+    ap_sock_opts_t o = {.type = type,
+                        .endpoint = ep,
+                        .bind = bind,
+                        .domain = domain,
+                        .server_key = server_key,
+                        .linger_ms = 0,
+                        .name = "curve-test"};
     ap_sock_t *s = ap_sock_new(n, &o);
     AP_ASSERTF(s, "%s", ap_errmsg());
     return s;
@@ -182,7 +187,8 @@ int main(void) {
     ap_sock_t *teach = s_sock(srv, AP_SOCK_ROUTER, "tcp://127.0.0.1:*", 1, "teacher", NULL);
     s_try_router(srv, teach, &s_actor, s_srv.pub, NULL, "actor key, teacher domain");
     const ap_sock_events_t *ev = ap_sock_events(router);
-    AP_CHECK(ev->handshake_failed_auth >= 1 && ev->handshake_failed_protocol + ev->handshake_failed_other >= 2,
+    AP_CHECK(ev->handshake_failed_auth >= 1 &&
+                 ev->handshake_failed_protocol + ev->handshake_failed_other >= 2,
              "ROUTER counters: auth %llu protocol %llu",
              (unsigned long long)ev->handshake_failed_auth,
              (unsigned long long)ev->handshake_failed_protocol);
@@ -205,7 +211,8 @@ int main(void) {
     s_try_pub(srv, pub, NULL, NULL, 0, "no CURVE");
     s_try_pub(srv, pub, &s_actor, s_other_srv.pub, 0, "wrong server key");
     ev = ap_sock_events(pub);
-    AP_CHECK(ev->handshake_failed_auth >= 1 && ev->handshake_failed_protocol + ev->handshake_failed_other >= 2,
+    AP_CHECK(ev->handshake_failed_auth >= 1 &&
+                 ev->handshake_failed_protocol + ev->handshake_failed_other >= 2,
              "PUB counters: auth %llu protocol %llu", (unsigned long long)ev->handshake_failed_auth,
              (unsigned long long)ev->handshake_failed_protocol);
 

@@ -32,9 +32,10 @@ static int s_roundtrip(const ap_msg_t *m, ap_msg_t *out, const void *raw, size_t
 
 static int s_group_eq(const ap_group_t *a, const ap_group_t *b) {
     if (a->id != b->id || a->source != b->source || ap_version_cmp(a->version, b->version) ||
-        a->actor_id != b->actor_id || a->item_id != b->item_id || a->temperature != b->temperature ||
-        strcmp(a->prompt_text, b->prompt_text) || a->n_prompt != b->n_prompt || a->G != b->G ||
-        a->n_tokens != b->n_tokens || a->n_ctx != b->n_ctx)
+        a->actor_id != b->actor_id || a->item_id != b->item_id ||
+        a->temperature != b->temperature || strcmp(a->prompt_text, b->prompt_text) ||
+        a->n_prompt != b->n_prompt || a->G != b->G || a->n_tokens != b->n_tokens ||
+        a->n_ctx != b->n_ctx)
         return 0;
     if (memcmp(a->prompt, b->prompt, (size_t)a->n_prompt * 4) ||
         memcmp(a->offset, b->offset, (size_t)(a->G + 1) * sizeof(int)) ||
@@ -61,7 +62,8 @@ static int s_scores_eq(const ap_scores_t *a, const ap_scores_t *b) {
            !memcmp(a->offset, b->offset, (size_t)(a->G + 1) * sizeof(int)) &&
            !memcmp(a->present, b->present, (size_t)a->G) &&
            !memcmp(a->sampled, b->sampled, (size_t)a->n_tokens * 4) &&
-           (a->full || !memcmp(a->ids, b->ids, nk * 4)) && !memcmp(a->logprobs, b->logprobs, nk * 4);
+           (a->full || !memcmp(a->ids, b->ids, nk * 4)) &&
+           !memcmp(a->logprobs, b->logprobs, nk * 4);
 }
 
 int main(void) {
@@ -79,8 +81,12 @@ int main(void) {
 
     { /* control messages */
         ap_msg_t m = {.type = AP_MSG_HELLO, .seq = 1};
-        m.u.hello = (ap_hello_t){.role = AP_ROLE_TEACHER, .id = 2, .capacity = 4, .vocab_size = V,
-                                 .vocab_hash = 0xdeadbeefcafeull, .kind = AP_TEACHER_SELF};
+        m.u.hello = (ap_hello_t){.role = AP_ROLE_TEACHER,
+                                 .id = 2,
+                                 .capacity = 4,
+                                 .vocab_size = V,
+                                 .vocab_hash = 0xdeadbeefcafeull,
+                                 .kind = AP_TEACHER_SELF};
         strcpy(m.u.hello.name, "teacher-self-2");
         AP_CHECK(s_roundtrip(&m, &out, NULL, 0) == 0, "hello");
         if (out.type == AP_MSG_HELLO) {
@@ -139,9 +145,12 @@ int main(void) {
 
         /* score request carrying the group */
         m = (ap_msg_t){.type = AP_MSG_SCORE_REQUEST};
-        m.u.score_request = (ap_score_request_t){.request_id = 99, .attempt = 1,
-                                                 .kind = AP_TEACHER_EXTERNAL, .top_k = 16,
-                                                 .temperature = 1.0f, .group = g};
+        m.u.score_request = (ap_score_request_t){.request_id = 99,
+                                                 .attempt = 1,
+                                                 .kind = AP_TEACHER_EXTERNAL,
+                                                 .top_k = 16,
+                                                 .temperature = 1.0f,
+                                                 .group = g};
         if (s_roundtrip(&m, &out, NULL, 0) == 0) {
             AP_CHECK(out.u.score_request.request_id == 99 && out.u.score_request.attempt == 1 &&
                          out.u.score_request.top_k == 16 &&
@@ -153,7 +162,8 @@ int main(void) {
 
         /* scores: top-K, and full over V */
         for (int full = 0; full <= 1; full++) {
-            ap_scores_t *s = fx_scores(&r, g, 16, full, V, full ? AP_TEACHER_EXTERNAL : AP_TEACHER_SELF);
+            ap_scores_t *s =
+                fx_scores(&r, g, 16, full, V, full ? AP_TEACHER_EXTERNAL : AP_TEACHER_SELF);
             m = (ap_msg_t){.type = AP_MSG_SCORES, .u.scores = s};
             if (s_roundtrip(&m, &out, NULL, 0) == 0) {
                 AP_CHECK(s_scores_eq(s, out.u.scores), "scores %d full %d", rep, full);
@@ -176,7 +186,8 @@ int main(void) {
             it->group = fx_group(&r, 8, 32, V);
             it->scores = ap_calloc(2, sizeof *it->scores);
             for (int k = 0; k < i && k < 2; k++)
-                it->scores[it->n_scores++] = fx_scores(&r, it->group, 8, 0, V, (ap_teacher_kind_t)k);
+                it->scores[it->n_scores++] =
+                    fx_scores(&r, it->group, 8, 0, V, (ap_teacher_kind_t)k);
         }
         ap_msg_t m = {.type = AP_MSG_BATCH, .u.batch = b};
         if (s_roundtrip(&m, &out, NULL, 0) == 0) {
@@ -204,7 +215,8 @@ int main(void) {
         ap_msg_t m = {.type = AP_MSG_BATCH_REQUEST};
         m.u.batch_request = (ap_batch_request_t){7, {1, 4}, 64, 1u << 20};
         if (s_roundtrip(&m, &out, NULL, 0) == 0) {
-            AP_CHECK(out.u.batch_request.request_id == 7 && out.u.batch_request.trajectories == 64 &&
+            AP_CHECK(out.u.batch_request.request_id == 7 &&
+                         out.u.batch_request.trajectories == 64 &&
                          out.u.batch_request.learner_version.step == 4 &&
                          out.u.batch_request.max_bytes == 1u << 20,
                      "batch request");
@@ -213,9 +225,10 @@ int main(void) {
         ap_msg_clear(&out);
 
         m = (ap_msg_t){.type = AP_MSG_WEIGHTS_ANNOUNCE};
-        m.u.announce = (ap_weights_announce_t){.version = {2, 100}, .size = 10000001,
-                                               .chunk_size = 1 << 20, .n_chunks = 10};
-        for (int i = 0; i < AP_DIGEST_BYTES; i++) m.u.announce.digest[i] = (uint8_t)(i * 7);
+        m.u.announce = (ap_weights_announce_t){
+            .version = {2, 100}, .size = 10000001, .chunk_size = 1 << 20, .n_chunks = 10};
+        for (int i = 0; i < AP_DIGEST_BYTES; i++)
+            m.u.announce.digest[i] = (uint8_t)(i * 7);
         if (s_roundtrip(&m, &out, NULL, 0) == 0) {
             AP_CHECK(!memcmp(&out.u.announce, &m.u.announce, sizeof m.u.announce), "announce");
             types_done[out.type] = 1;
@@ -233,7 +246,8 @@ int main(void) {
         ap_msg_clear(&out);
 
         uint8_t raw[1000];
-        for (int i = 0; i < 1000; i++) raw[i] = (uint8_t)i;
+        for (int i = 0; i < 1000; i++)
+            raw[i] = (uint8_t)i;
         m = (ap_msg_t){.type = AP_MSG_WEIGHTS_CHUNK};
         m.u.chunk = (ap_weights_chunk_t){{2, 100}, 3, 3000, raw, sizeof raw};
         if (s_roundtrip(&m, &out, raw, sizeof raw) == 0) {
@@ -250,7 +264,8 @@ int main(void) {
         x->step = 42;
         x->time = 1.7e9;
         const char *names[3] = {"loss", "grad_norm", "kl"};
-        for (int i = 0; i < 3; i++) strcpy(x->names[i], names[i]), x->values[i] = i * 0.5 - 1;
+        for (int i = 0; i < 3; i++)
+            strcpy(x->names[i], names[i]), x->values[i] = i * 0.5 - 1;
         m = (ap_msg_t){.type = AP_MSG_METRICS, .u.metrics = x};
         if (s_roundtrip(&m, &out, NULL, 0) == 0) {
             const ap_metrics_t *y = out.u.metrics;
@@ -310,8 +325,8 @@ int main(void) {
     }
 
     const ap_msg_stats_t *st = ap_msg_codec_stats(s_codec);
-    printf("protocol round trips: %llu accepted, %llu rejected\n",
-           (unsigned long long)st->accepted, (unsigned long long)st->rejected);
+    printf("protocol round trips: %llu accepted, %llu rejected\n", (unsigned long long)st->accepted,
+           (unsigned long long)st->rejected);
     AP_CHECK(st->rejected == 0, "valid messages rejected: %llu", (unsigned long long)st->rejected);
     ap_msg_codec_destroy(&s_codec);
     return ap_test_result();

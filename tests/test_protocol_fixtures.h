@@ -26,12 +26,14 @@ static inline ap_group_t *fx_group(ap_rng_t *r, int G, int max_len, int V) {
     g->item_id = 1234;
     g->temperature = 0.9f;
     ap_group_set_prompt_text(g, "What is 17 + 25?");
-    for (int i = 0; i < n_prompt; i++) g->prompt[i] = (int32_t)ap_rng_below(r, (uint64_t)V);
+    for (int i = 0; i < n_prompt; i++)
+        g->prompt[i] = (int32_t)ap_rng_below(r, (uint64_t)V);
     for (int t = 0; t < g->n_tokens; t++) {
         g->tokens[t] = (int32_t)ap_rng_below(r, (uint64_t)V);
         g->logprobs[t] = -(float)ap_rng_uniform(r) * 5.0f;
     }
-    for (int t = 0; t < g->n_ctx; t++) g->ctx_tokens[t] = (int32_t)ap_rng_below(r, (uint64_t)V);
+    for (int t = 0; t < g->n_ctx; t++)
+        g->ctx_tokens[t] = (int32_t)ap_rng_below(r, (uint64_t)V);
     for (int i = 0; i < G; i++) {
         g->reward[i] = (float)ap_rng_uniform(r);
         g->correct[i] = (uint8_t)(i % 3 == 0);
@@ -50,9 +52,11 @@ static inline ap_scores_t *fx_scores(ap_rng_t *r, const ap_group_t *g, int K, in
     s->kind = kind;
     s->version = kind == AP_TEACHER_SELF ? (ap_version_t){1, 4} : (ap_version_t){0, 0};
     s->temperature = 1.0f;
-    for (int i = 0; i < g->G; i++) s->present[i] = kind == AP_TEACHER_SELF ? (uint8_t)(i % 2) : 1;
+    for (int i = 0; i < g->G; i++)
+        s->present[i] = kind == AP_TEACHER_SELF ? (uint8_t)(i % 2) : 1;
     size_t nk = (size_t)s->n_tokens * (size_t)s->K;
-    for (int t = 0; t < s->n_tokens; t++) s->sampled[t] = -(float)ap_rng_uniform(r) * 6.0f;
+    for (int t = 0; t < s->n_tokens; t++)
+        s->sampled[t] = -(float)ap_rng_uniform(r) * 6.0f;
     for (size_t j = 0; j < nk; j++) {
         s->logprobs[j] = -(float)ap_rng_uniform(r) * 10.0f;
         if (!full) s->ids[j] = (int32_t)ap_rng_below(r, (uint64_t)V);

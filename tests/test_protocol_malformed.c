@@ -31,8 +31,8 @@ static void s_expect(ap_reject_t why, const void *f0, size_t n0, const void *f1,
     ap_msg_t m;
     int rc = ap_msg_decode(s_codec, frames, sizes, nframes, &m);
     AP_CHECK(rc == -1 && m.type == AP_MSG_NONE, "%s: accepted", label);
-    AP_CHECK(st->by_reason[why] == before + 1 && st->rejected == total + 1,
-             "%s: not counted as %s", label, ap_reject_name(why));
+    AP_CHECK(st->by_reason[why] == before + 1 && st->rejected == total + 1, "%s: not counted as %s",
+             label, ap_reject_name(why));
     if (rc == 0) ap_msg_clear(&m);
 }
 
@@ -145,7 +145,8 @@ int main(void) {
         const int n = 20000;
         for (int i = 0; i < n; i++) {
             size_t len = 1 + ap_rng_below(&r, sizeof buf);
-            for (size_t k = 0; k < len; k++) buf[k] = (uint8_t)ap_rng_u64(&r);
+            for (size_t k = 0; k < len; k++)
+                buf[k] = (uint8_t)ap_rng_u64(&r);
             ap_msg_t m;
             const void *f[1] = {buf};
             if (ap_msg_decode(s_codec, f, &len, 1, &m) == 0) ap_msg_clear(&m);
@@ -185,15 +186,18 @@ int main(void) {
         buf[n++] = 0x08, buf[n++] = AP_PROTOCOL_VERSION;
         buf[n++] = 0xC2, buf[n++] = 0x01; /* field 24 (batch), length-delimited */
         size_t v = body;                  /* varint length */
-        while (v >= 0x80) buf[n++] = (uint8_t)(v | 0x80), v >>= 7;
+        while (v >= 0x80)
+            buf[n++] = (uint8_t)(v | 0x80), v >>= 7;
         buf[n++] = (uint8_t)v;
-        for (size_t i = 0; i < items; i++) buf[n++] = 0x22, buf[n++] = 0x00; /* items: empty */
+        for (size_t i = 0; i < items; i++)
+            buf[n++] = 0x22, buf[n++] = 0x00; /* items: empty */
         s_expect(AP_REJECT_BUDGET, buf, n, NULL, 0, 1, "amplification");
         /* the same shape with 10 items fits the budget and fails validation instead */
         n = 0;
         buf[n++] = 0x08, buf[n++] = AP_PROTOCOL_VERSION, buf[n++] = 0xC2, buf[n++] = 0x01;
         buf[n++] = 20;
-        for (int i = 0; i < 10; i++) buf[n++] = 0x22, buf[n++] = 0x00;
+        for (int i = 0; i < 10; i++)
+            buf[n++] = 0x22, buf[n++] = 0x00;
         s_expect(AP_REJECT_LENGTH, buf, n, NULL, 0, 1, "items without groups");
         free(buf);
     }
@@ -286,7 +290,8 @@ int main(void) {
         /* G over max_group */
         uint32_t len70[70];
         float rew70[70];
-        for (int i = 0; i < 70; i++) len70[i] = 0, rew70[i] = 0;
+        for (int i = 0; i < 70; i++)
+            len70[i] = 0, rew70[i] = 0;
         len70[0] = 5;
         pg.n_lengths = 70, pg.lengths = len70, pg.n_reward = 70, pg.reward = rew70;
         pg.n_correct = pg.n_finish = 0;
@@ -443,7 +448,8 @@ int main(void) {
             uint8_t *buf = ap_malloc(len);
             memcpy(buf, srcs[which], len);
             int flips = 1 + (int)ap_rng_below(&r, 8);
-            for (int k = 0; k < flips; k++) buf[ap_rng_below(&r, len)] ^= (uint8_t)(1 + ap_rng_below(&r, 255));
+            for (int k = 0; k < flips; k++)
+                buf[ap_rng_below(&r, len)] ^= (uint8_t)(1 + ap_rng_below(&r, 255));
             if (ap_rng_below(&r, 4) == 0) len = 1 + ap_rng_below(&r, len); /* and truncate */
             ap_msg_t m;
             const void *f[1] = {buf};
@@ -454,9 +460,11 @@ int main(void) {
             free(buf);
         }
         AP_CHECK(bad_accept == 0, "%d mutated messages accepted but invalid", bad_accept);
-        AP_CHECK(st->accepted - acc0 + st->rejected - rej0 == (uint64_t)iters, "every case counted");
+        AP_CHECK(st->accepted - acc0 + st->rejected - rej0 == (uint64_t)iters,
+                 "every case counted");
         printf("mutations: %d cases, %llu rejected, %llu still valid\n", iters,
-               (unsigned long long)(st->rejected - rej0), (unsigned long long)(st->accepted - acc0));
+               (unsigned long long)(st->rejected - rej0),
+               (unsigned long long)(st->accepted - acc0));
         free(sb);
         ap_scores_destroy(&s);
     }

@@ -19,12 +19,12 @@
 
 typedef struct {
     ap_sock_t *router, *dealer;
-    uint64_t next_send;   /* dealer: next seq to send (1-based) */
-    uint64_t got;         /* router: messages received */
-    uint64_t in_order;    /* router: received with the expected seq */
-    uint64_t echoes;      /* dealer: echoes received */
-    uint64_t echo_fail;   /* router: echo sends refused */
-    uint64_t parked;      /* dealer: times output was parked on EAGAIN */
+    uint64_t next_send; /* dealer: next seq to send (1-based) */
+    uint64_t got;       /* router: messages received */
+    uint64_t in_order;  /* router: received with the expected seq */
+    uint64_t echoes;    /* dealer: echoes received */
+    uint64_t echo_fail; /* router: echo sends refused */
+    uint64_t parked;    /* dealer: times output was parked on EAGAIN */
 } s_burst_t;
 
 static void s_pump(ap_sock_t *s, void *data);
@@ -74,16 +74,21 @@ static void s_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 }
 
 static ap_sock_t *s_router(ap_net_t *net, size_t max_msg, int hwm) {
-    ap_sock_opts_t o = {.type = AP_SOCK_ROUTER, .endpoint = "tcp://127.0.0.1:*", .bind = 1,
-                        .max_msg = max_msg, .hwm = hwm, .linger_ms = -1, .name = "test/router"};
+    ap_sock_opts_t o = {.type = AP_SOCK_ROUTER,
+                        .endpoint = "tcp://127.0.0.1:*",
+                        .bind = 1,
+                        .max_msg = max_msg,
+                        .hwm = hwm,
+                        .linger_ms = -1,
+                        .name = "test/router"};
     ap_sock_t *s = ap_sock_new(net, &o);
     AP_ASSERTF(s, "%s", ap_errmsg());
     return s;
 }
 
 static ap_sock_t *s_dealer(ap_net_t *net, const char *ep, int hwm) {
-    ap_sock_opts_t o = {.type = AP_SOCK_DEALER, .endpoint = ep, .hwm = hwm, .linger_ms = -1,
-                        .name = "test/dealer"};
+    ap_sock_opts_t o = {
+        .type = AP_SOCK_DEALER, .endpoint = ep, .hwm = hwm, .linger_ms = -1, .name = "test/dealer"};
     ap_sock_t *s = ap_sock_new(net, &o);
     AP_ASSERTF(s, "%s", ap_errmsg());
     return s;
@@ -157,8 +162,10 @@ int main(void) {
         double t0 = ap_now();
         while (sent < 5000 && ap_now() - t0 < 10) {
             ap_msg_t m = {.type = AP_MSG_HEARTBEAT, .seq = (uint64_t)sent + 1};
-            if (ap_sock_send(d, NULL, &m) == 0) sent++;
-            else ap_sleep(0.001);
+            if (ap_sock_send(d, NULL, &m) == 0)
+                sent++;
+            else
+                ap_sleep(0.001);
         }
         ap_sleep(0.3); /* everything is in the ROUTER's queue; the fd edge is long gone */
         s_count_t c = {0, 0, 5000};
@@ -184,7 +191,8 @@ int main(void) {
         zmq_send(z, "b", 1, ZMQ_SNDMORE);
         zmq_send(z, "c", 1, 0);
         uint8_t junk[200];
-        for (int i = 0; i < 200; i++) junk[i] = (uint8_t)(i * 37 + 11);
+        for (int i = 0; i < 200; i++)
+            junk[i] = (uint8_t)(i * 37 + 11);
         zmq_send(z, junk, sizeof junk, 0); /* random bytes */
         ap_msg_t ok = {.type = AP_MSG_HEARTBEAT, .seq = 42};
         AP_CHECK(ap_sock_send(bad, NULL, &ok) == 0, "send");

@@ -20,7 +20,8 @@ static ap_model_config_t s_config(double mb) {
     ap_model_config_defaults(&c);
     c.vocab_size = 8192, c.hidden_size = 512, c.intermediate_size = 1536;
     c.num_heads = 8, c.num_kv_heads = 8, c.max_positions = 256, c.num_layers = 1;
-    while (ap_model_config_num_params(&c) * 4.0 < mb * 1e6) c.num_layers++;
+    while (ap_model_config_num_params(&c) * 4.0 < mb * 1e6)
+        c.num_layers++;
     return c;
 }
 
@@ -29,7 +30,8 @@ static float *s_params(const ap_model_config_t *c, uint64_t seed, size_t *bytes)
     float *p = ap_malloc(n * sizeof *p);
     ap_rng_t r;
     ap_rng_seed(&r, seed, 0);
-    for (size_t i = 0; i < n; i++) p[i] = (float)ap_rng_uniform(&r) - 0.5f;
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)ap_rng_uniform(&r) - 0.5f;
     *bytes = n * sizeof *p;
     return p;
 }
@@ -56,12 +58,16 @@ int main(void) {
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     ap_net_t *net = ap_net_new(&(ap_net_opts_t){0});
     AP_ASSERTF(net, "%s", ap_errmsg());
-    ap_wserver_opts_t so = {.endpoint = "tcp://127.0.0.1:*", .pub_endpoint = "tcp://127.0.0.1:*",
-                            .chunk_bytes = 4u << 20, .keep = 2, .hint_interval = 0.2};
+    ap_wserver_opts_t so = {.endpoint = "tcp://127.0.0.1:*",
+                            .pub_endpoint = "tcp://127.0.0.1:*",
+                            .chunk_bytes = 4u << 20,
+                            .keep = 2,
+                            .hint_interval = 0.2};
     ap_wserver_t *srv = ap_wserver_new(net, loop, &so);
     AP_ASSERTF(srv, "%s", ap_errmsg());
     ap_wclient_opts_t co = {.endpoint = ap_wserver_endpoint(srv),
-                            .pub_endpoint = ap_wserver_pub_endpoint(srv), .window = 8,
+                            .pub_endpoint = ap_wserver_pub_endpoint(srv),
+                            .window = 8,
                             .poll_interval = 0.2};
     ap_model_config_t cfg = s_config(100);
     size_t bytes;
@@ -104,7 +110,8 @@ int main(void) {
     printf("corrupted chunk: digest failures %llu, completed %llu, bytes %llu\n",
            (unsigned long long)cs.digest_failures, (unsigned long long)cs.completed,
            (unsigned long long)cs.bytes);
-    AP_CHECK(cs.digest_failures == 1, "digest failures %llu", (unsigned long long)cs.digest_failures);
+    AP_CHECK(cs.digest_failures == 1, "digest failures %llu",
+             (unsigned long long)cs.digest_failures);
     AP_CHECK(w && w->version.step == 20 && !memcmp(w->params, p2, bytes), "recovered by re-pull");
     ap_weights_destroy(&w);
 
@@ -112,9 +119,11 @@ int main(void) {
     ap_model_config_t small = s_config(1);
     size_t sb;
     float *ps = s_params(&small, 3, &sb);
-    AP_CHECK(ap_wserver_publish(srv, (ap_version_t){1, 30}, &small, 0, ps, sb) == 0, "%s", ap_errmsg());
+    AP_CHECK(ap_wserver_publish(srv, (ap_version_t){1, 30}, &small, 0, ps, sb) == 0, "%s",
+             ap_errmsg());
     ps[0] = 42.0f;
-    AP_CHECK(ap_wserver_publish(srv, (ap_version_t){1, 40}, &small, 0, ps, sb) == 0, "%s", ap_errmsg());
+    AP_CHECK(ap_wserver_publish(srv, (ap_version_t){1, 40}, &small, 0, ps, sb) == 0, "%s",
+             ap_errmsg());
     ap_wclient_t *late = ap_wclient_new(net, loop, &co);
     w = s_pull(loop, late, (ap_version_t){1, 40}, 10);
     AP_CHECK(w && w->version.step == 40 && ((const float *)w->params)[0] == 42.0f,
@@ -139,10 +148,13 @@ int main(void) {
         ap_wclient_t *sc = ap_wclient_new(net, loop, &slow);
         AP_CHECK(ap_wserver_publish(srv, (ap_version_t){2, 5}, &cfg, 0, p1, bytes) == 0, "%s",
                  ap_errmsg());
-        for (int i = 0; i < 5; i++) ev_run(loop, EVRUN_ONCE); /* the transfer starts */
+        for (int i = 0; i < 5; i++)
+            ev_run(loop, EVRUN_ONCE); /* the transfer starts */
         ps[0] = 9.0f;
-        AP_CHECK(ap_wserver_publish(srv, (ap_version_t){2, 6}, &small, 0, ps, sb) == 0, "%s", ap_errmsg());
-        AP_CHECK(ap_wserver_publish(srv, (ap_version_t){2, 7}, &small, 0, ps, sb) == 0, "%s", ap_errmsg());
+        AP_CHECK(ap_wserver_publish(srv, (ap_version_t){2, 6}, &small, 0, ps, sb) == 0, "%s",
+                 ap_errmsg());
+        AP_CHECK(ap_wserver_publish(srv, (ap_version_t){2, 7}, &small, 0, ps, sb) == 0, "%s",
+                 ap_errmsg());
         w = s_pull(loop, sc, (ap_version_t){2, 7}, 20);
         AP_CHECK(w && w->version.step == 7, "evicted transfer did not move to the newest");
         ap_weights_destroy(&w);
@@ -151,7 +163,8 @@ int main(void) {
         printf("eviction: restarts %llu completed %llu\n", (unsigned long long)ss.restarts,
                (unsigned long long)ss.completed);
         ap_wclient_destroy(&sc);
-        for (int i = 0; i < 20; i++) ev_run(loop, EVRUN_NOWAIT), ap_sleep(0.01);
+        for (int i = 0; i < 20; i++)
+            ev_run(loop, EVRUN_NOWAIT), ap_sleep(0.01);
         ap_wserver_stats_t st;
         ap_wserver_stats(srv, &st);
         printf("server: published %llu chunks %llu (%.1f MB) manifests %llu gone %llu "
@@ -169,7 +182,8 @@ int main(void) {
         size_t n;
         uint8_t *b = ap_weights_pack((ap_version_t){1, 1}, &small, 0, ps, sb, &n);
         ap_weights_t pw;
-        AP_CHECK(ap_weights_parse(b, n, &pw) == 0 && pw.params_bytes == sb, "parse: %s", ap_errmsg());
+        AP_CHECK(ap_weights_parse(b, n, &pw) == 0 && pw.params_bytes == sb, "parse: %s",
+                 ap_errmsg());
         b[0] = 'X';
         AP_CHECK(ap_weights_parse(b, n, &pw) < 0, "bad magic accepted");
         b[0] = 'A';

@@ -74,12 +74,12 @@ typedef enum {
 
 typedef struct {
     ap_role_t role;
-    int32_t id;              /* actor / teacher index */
-    char name[AP_NAME_MAX];  /* free text, e.g. "teacher-external-0" */
-    uint32_t capacity;       /* credit the sender offers (teacher: requests it can hold) */
-    int32_t vocab_size;      /* V of the sender's model/tokenizer (0 = none) */
-    uint64_t vocab_hash;     /* ap_hash64 of the vocabulary (0 = none); mismatch => refuse */
-    ap_teacher_kind_t kind;  /* teachers: which kind they serve */
+    int32_t id;             /* actor / teacher index */
+    char name[AP_NAME_MAX]; /* free text, e.g. "teacher-external-0" */
+    uint32_t capacity;      /* credit the sender offers (teacher: requests it can hold) */
+    int32_t vocab_size;     /* V of the sender's model/tokenizer (0 = none) */
+    uint64_t vocab_hash;    /* ap_hash64 of the vocabulary (0 = none); mismatch => refuse */
+    ap_teacher_kind_t kind; /* teachers: which kind they serve */
 } ap_hello_t;
 
 typedef struct {
@@ -116,9 +116,9 @@ typedef struct {
 
 typedef struct {
     ap_version_t version;
-    uint64_t size;                  /* blob bytes */
+    uint64_t size;                   /* blob bytes */
     uint8_t digest[AP_DIGEST_BYTES]; /* BLAKE2b-256 of the whole blob */
-    uint32_t chunk_size;            /* bytes per chunk (the last may be shorter) */
+    uint32_t chunk_size;             /* bytes per chunk (the last may be shorter) */
     uint32_t n_chunks;
 } ap_weights_announce_t;
 
@@ -139,9 +139,9 @@ typedef struct {
 typedef struct {
     ap_role_t role;
     int32_t id;
-    int64_t step;   /* the role's own step / version counter */
-    double time;    /* ap_wall() */
-    int n;          /* values */
+    int64_t step;               /* the role's own step / version counter */
+    double time;                /* ap_wall() */
+    int n;                      /* values */
     char (*names)[AP_NAME_MAX]; /* [n] */
     double *values;             /* [n] finite */
 } ap_metrics_t;
@@ -177,20 +177,21 @@ const char *ap_msg_type_name(ap_msg_type_t t);
 
 /* Limits a decoder enforces; 0 in a size field means "no limit beyond the frame size". */
 typedef struct {
-    int32_t vocab_size;  /* token ids must be < V; 0 = do not check (no model yet) */
-    int32_t max_group;   /* G: trajectories per group (default 64) */
-    int32_t max_prompt;  /* prompt tokens (default 4096) */
-    int32_t max_tokens;  /* completion tokens per trajectory (default 4096) */
-    int32_t max_ctx;     /* privileged-context tokens per trajectory (default 8192) */
-    int32_t max_topk;    /* K (default 256) */
+    int32_t vocab_size;     /* token ids must be < V; 0 = do not check (no model yet) */
+    int32_t max_group;      /* G: trajectories per group (default 64) */
+    int32_t max_prompt;     /* prompt tokens (default 4096) */
+    int32_t max_tokens;     /* completion tokens per trajectory (default 4096) */
+    int32_t max_ctx;        /* privileged-context tokens per trajectory (default 8192) */
+    int32_t max_topk;       /* K (default 256) */
     int32_t max_full_vocab; /* largest V of a full distribution (default 4096) */
-    int32_t max_items;   /* groups per Batch part (default 4096) */
-    int32_t max_metrics; /* values per Metrics (default 1024) */
-    int32_t max_text;    /* bytes of a prompt text / feedback string (default 65536) */
-    uint64_t max_frame;  /* largest protobuf frame accepted (default 256 MiB) */
-    uint64_t max_raw;    /* largest raw frame accepted (default 16 MiB) */
-    double budget_factor; /* protobuf-c allocation budget = factor * frame bytes + 64 KiB (default 8) */
-    uint32_t accept;     /* bit mask of (1u << ap_msg_type_t) accepted; 0 = all */
+    int32_t max_items;      /* groups per Batch part (default 4096) */
+    int32_t max_metrics;    /* values per Metrics (default 1024) */
+    int32_t max_text;       /* bytes of a prompt text / feedback string (default 65536) */
+    uint64_t max_frame;     /* largest protobuf frame accepted (default 256 MiB) */
+    uint64_t max_raw;       /* largest raw frame accepted (default 16 MiB) */
+    double budget_factor;   /* protobuf-c allocation budget = factor * frame bytes + 64 KiB (default
+                               8) */
+    uint32_t accept;        /* bit mask of (1u << ap_msg_type_t) accepted; 0 = all */
 } ap_msg_limits_t;
 
 void ap_msg_limits_default(ap_msg_limits_t *lim);

@@ -16,8 +16,8 @@
  *   ap_group_t *g = ap_group_new(2, n_prompt, len, ctx);
  *   memcpy(g->prompt, prompt_ids, n_prompt * sizeof *g->prompt);
  *   for (int i = 0; i < 2; i++)
- *       for (int t = g->offset[i]; t < g->offset[i + 1]; t++) g->tokens[t] = ..., g->logprobs[t] = ...;
- *   g->reward[0] = 1.0f; g->correct[0] = 1; g->finish[0] = AP_FINISH_EOS;
+ *       for (int t = g->offset[i]; t < g->offset[i + 1]; t++) g->tokens[t] = ..., g->logprobs[t] =
+ * ...; g->reward[0] = 1.0f; g->correct[0] = 1; g->finish[0] = AP_FINISH_EOS;
  *   ap_group_set_feedback(g, 1, "expected 42, got 41");
  *   ... ap_msg_encode(...) ...;  ap_group_destroy(&g);
  *
@@ -43,7 +43,9 @@ static inline int ap_version_cmp(ap_version_t a, ap_version_t b) {
     if (a.step != b.step) return a.step < b.step ? -1 : 1;
     return 0;
 }
-static inline int ap_version_is_zero(ap_version_t v) { return v.gen == 0 && v.step == 0; }
+static inline int ap_version_is_zero(ap_version_t v) {
+    return v.gen == 0 && v.step == 0;
+}
 
 /* Why a completion ended. */
 typedef enum {
@@ -91,9 +93,10 @@ typedef struct {
     uint8_t *finish;  /* [G] ap_finish_t */
     char **feedback;  /* [G] verifier feedback text, never NULL ("" when none) */
 
-    int n_ctx;           /* total privileged-context tokens = ctx_offset[G] */
-    int *ctx_offset;     /* [G+1] context of trajectory i = ctx_tokens[ctx_offset[i] .. +1) */
-    int32_t *ctx_tokens; /* [n_ctx] rendered privileged context; empty for a trajectory when h = 0 */
+    int n_ctx;       /* total privileged-context tokens = ctx_offset[G] */
+    int *ctx_offset; /* [G+1] context of trajectory i = ctx_tokens[ctx_offset[i] .. +1) */
+    int32_t
+        *ctx_tokens; /* [n_ctx] rendered privileged context; empty for a trajectory when h = 0 */
 } ap_group_t;
 
 /* A group with G trajectories, n_prompt prompt tokens, completion lengths len[G] and context

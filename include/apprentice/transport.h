@@ -62,10 +62,10 @@ int ap_curve_load_public(const char *path, char pub[AP_Z85_KEY]);
 /* ---------------------------------------------------------------- the process context */
 
 typedef struct {
-    int curve;                       /* 1: every socket uses CURVE */
-    char public_key[AP_Z85_KEY];     /* this process's key pair (Z85), required with curve */
+    int curve;                   /* 1: every socket uses CURVE */
+    char public_key[AP_Z85_KEY]; /* this process's key pair (Z85), required with curve */
     char secret_key[AP_Z85_KEY];
-    int io_threads;                  /* ZeroMQ I/O threads (0 = 1) */
+    int io_threads; /* ZeroMQ I/O threads (0 = 1) */
 } ap_net_opts_t;
 
 typedef struct {
@@ -103,7 +103,7 @@ typedef struct {
     int linger_ms;          /* on close; -1 = default (0 ROUTER/PUB/SUB, 200 DEALER) */
     int immediate;          /* DEALER: 1 = queue only to completed connections (EAGAIN else) */
     const ap_msg_limits_t *limits; /* decoder limits (NULL: defaults); max_frame = max_msg */
-    const char *name;       /* for logs, e.g. "buffer/actors" */
+    const char *name;              /* for logs, e.g. "buffer/actors" */
 } ap_sock_opts_t;
 
 typedef struct {
@@ -119,9 +119,9 @@ typedef struct {
 
 /* Who sent a message (and where to send a reply on a ROUTER). Plain data: copy it freely. */
 typedef struct {
-    uint8_t rid[255];             /* ROUTER: routing id of the peer */
-    uint8_t rid_len;              /* 0 on non-ROUTER sockets */
-    char user_id[AP_NAME_MAX];    /* the ZAP user id of the peer ("" without CURVE) */
+    uint8_t rid[255];          /* ROUTER: routing id of the peer */
+    uint8_t rid_len;           /* 0 on non-ROUTER sockets */
+    char user_id[AP_NAME_MAX]; /* the ZAP user id of the peer ("" without CURVE) */
 } ap_peer_t;
 
 typedef struct ap_sock ap_sock_t;
@@ -130,7 +130,7 @@ ap_sock_t *ap_sock_new(ap_net_t *net, const ap_sock_opts_t *o); /* NULL + ap_err
 void ap_sock_destroy(ap_sock_t **s);                            /* linger, close, NULL */
 /* The endpoint actually bound or connected (resolves "tcp://127.0.0.1:*"). Borrowed. */
 const char *ap_sock_endpoint(const ap_sock_t *s);
-ap_msg_codec_t *ap_sock_codec(ap_sock_t *s); /* set latest version / vocab; reject stats */
+ap_msg_codec_t *ap_sock_codec(ap_sock_t *s);          /* set latest version / vocab; reject stats */
 const ap_sock_events_t *ap_sock_events(ap_sock_t *s); /* drains the monitor first */
 void *ap_sock_zmq(ap_sock_t *s);                      /* the raw socket (tests, benchmarks) */
 

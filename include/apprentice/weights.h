@@ -16,10 +16,10 @@
  * then step (ap_version_cmp).
  *
  * Usage (learner):
- *   ap_wserver_opts_t wo = {.endpoint = cfg->endpoints.weights, .pub_endpoint = cfg->endpoints.weights_pub};
- *   ap_wserver_t *ws = ap_wserver_new(net, loop, &wo);
- *   size_t bytes; const void *arena = ap_model_blob(model, &bytes);
- *   ap_wserver_publish(ws, (ap_version_t){gen, step}, ap_model_config(model), table_hash, arena, bytes);
+ *   ap_wserver_opts_t wo = {.endpoint = cfg->endpoints.weights, .pub_endpoint =
+ * cfg->endpoints.weights_pub}; ap_wserver_t *ws = ap_wserver_new(net, loop, &wo); size_t bytes;
+ * const void *arena = ap_model_blob(model, &bytes); ap_wserver_publish(ws, (ap_version_t){gen,
+ * step}, ap_model_config(model), table_hash, arena, bytes);
  *   ... ev_run(loop, ...) serves pulls ...;  ap_wserver_destroy(&ws);
  *
  * Usage (actor / teacher, between work units):
@@ -51,7 +51,7 @@ typedef struct {
     uint64_t table_hash;             /* the learner's tensor-table hash (0 = not given) */
     const void *params;              /* [params_bytes] the parameter arena, 64-byte aligned */
     size_t params_bytes;
-    uint8_t *blob;                   /* [size] header + arena */
+    uint8_t *blob; /* [size] header + arena */
     size_t size;
 } ap_weights_t;
 
@@ -78,14 +78,14 @@ typedef struct {
 } ap_wserver_opts_t;
 
 typedef struct {
-    uint64_t published;      /* versions published */
-    uint64_t manifests;      /* "latest" requests answered */
-    uint64_t chunks;         /* chunks sent */
-    uint64_t bytes;          /* chunk bytes sent */
-    uint64_t gone;           /* requests for a version no longer kept (answered with latest) */
-    uint64_t bad_requests;   /* chunk index out of range, wrong type */
-    uint64_t send_failures;  /* sends refused (HWM, peer gone) */
-    int live_snapshots;      /* snapshots still allocated (kept + referenced) */
+    uint64_t published;     /* versions published */
+    uint64_t manifests;     /* "latest" requests answered */
+    uint64_t chunks;        /* chunks sent */
+    uint64_t bytes;         /* chunk bytes sent */
+    uint64_t gone;          /* requests for a version no longer kept (answered with latest) */
+    uint64_t bad_requests;  /* chunk index out of range, wrong type */
+    uint64_t send_failures; /* sends refused (HWM, peer gone) */
+    int live_snapshots;     /* snapshots still allocated (kept + referenced) */
 } ap_wserver_stats_t;
 
 typedef struct ap_wserver ap_wserver_t;
