@@ -10,6 +10,7 @@
  * has received, hashes chunks in order as they land (incremental BLAKE2b), and re-sends
  * missing requests after a stall. */
 #include <errno.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -384,6 +385,14 @@ struct ap_wclient {
     ap_wclient_stats_t stats;
     void (*on_ready)(ap_wclient_t *c, void *data);
     void *on_ready_data;
+    int notify; /* a version became ready in this callback: call on_ready after unlocking */
+    /* ap_wclient_spawn: the loop runs on its own thread; `mu` guards everything the caller's
+     * thread reads (ready, taken, newest, stats); the loop thread holds it while handling. */
+    pthread_mutex_t mu;
+    int threaded;
+    pthread_t thread;
+    ev_async stop;
+    struct ev_loop *own_loop;
 };
 
 static ap_version_t s_have(const ap_wclient_t *c) {
@@ -475,7 +484,7 @@ static void s_complete(ap_wclient_t *c) {
     ap_weights_destroy(&c->ready); /* an older untaken version is superseded */
     c->ready = w;
     c->stats.completed++;
-    if (c->on_ready) c->on_ready(c, c->on_ready_data);
+    c->notify = 1;
 }
 
 static void s_on_chunk(ap_wclient_t *c, const ap_weights_chunk_t *ch) {
@@ -509,17 +518,26 @@ static void s_on_chunk(ap_wclient_t *c, const ap_weights_chunk_t *ch) {
 static void s_client_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *msg, void *data) {
     (void)s, (void)from;
     ap_wclient_t *c = data;
+    pthread_mutex_lock(&c->mu);
     if (msg->type == AP_MSG_WEIGHTS_ANNOUNCE)
         s_on_announce(c, &msg->u.announce);
     else if (msg->type == AP_MSG_WEIGHTS_CHUNK)
         s_on_chunk(c, &msg->u.chunk);
+    int notify = c->notify;
+    void (*cb)(ap_wclient_t *, void *) = c->on_ready;
+    void *cb_data = c->on_ready_data;
+    c->notify = 0;
+    pthread_mutex_unlock(&c->mu);
+    if (notify && cb) cb(c, cb_data);
 }
 
 static void s_tick_cb(struct ev_loop *loop, ev_timer *t, int revents) {
     (void)loop, (void)revents;
     ap_wclient_t *c = t->data;
+    pthread_mutex_lock(&c->mu);
     if (!c->active) {
         s_request(c, 1, 0); /* late joiners and lost hints converge on the newest */
+        pthread_mutex_unlock(&c->mu);
         return;
     }
     if (ap_now() - c->last_progress > 2 * c->poll) { /* stalled: re-ask what is missing */
@@ -530,11 +548,13 @@ static void s_tick_cb(struct ev_loop *loop, ev_timer *t, int revents) {
         s_request(c, 1, 0); /* and check the version still exists */
     }
     s_fill(c);
+    pthread_mutex_unlock(&c->mu);
 }
 
 ap_wclient_t *ap_wclient_new(ap_net_t *net, struct ev_loop *loop, const ap_wclient_opts_t *o) {
     s_sodium();
     ap_wclient_t *c = ap_calloc(1, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
     c->loop = loop;
     c->window = o->window > 0 ? o->window : 4;
     c->poll = o->poll_interval > 0 ? o->poll_interval : 1.0;
@@ -576,39 +596,94 @@ ap_wclient_t *ap_wclient_new(ap_net_t *net, struct ev_loop *loop, const ap_wclie
     return c;
 fail:
     ap_sock_destroy(&c->dealer);
+    pthread_mutex_destroy(&c->mu);
     free(c);
     return NULL;
+}
+
+static void s_stop_cb(struct ev_loop *loop, ev_async *w, int revents) {
+    (void)w, (void)revents;
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void *s_thread_main(void *arg) {
+    ap_wclient_t *c = arg;
+    ev_run(c->loop, 0);
+    return NULL;
+}
+
+ap_wclient_t *ap_wclient_spawn(ap_net_t *net, const ap_wclient_opts_t *o) {
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    if (!loop) {
+        ap_err("weights client: ev_loop_new failed");
+        return NULL;
+    }
+    ap_wclient_t *c = ap_wclient_new(net, loop, o);
+    if (!c) {
+        ev_loop_destroy(loop);
+        return NULL;
+    }
+    c->own_loop = loop;
+    ev_async_init(&c->stop, s_stop_cb);
+    ev_async_start(loop, &c->stop);
+    /* The sockets move to the new thread: pthread_create is the full barrier ZeroMQ needs. */
+    if (pthread_create(&c->thread, NULL, s_thread_main, c) != 0) {
+        ap_err("weights client: pthread_create failed");
+        ap_wclient_destroy(&c);
+        return NULL;
+    }
+    c->threaded = 1;
+    return c;
 }
 
 void ap_wclient_destroy(ap_wclient_t **cp) {
     if (!cp || !*cp) return;
     ap_wclient_t *c = *cp;
+    if (c->threaded) { /* stop the loop thread; the sockets come back with the join */
+        ev_async_send(c->loop, &c->stop);
+        pthread_join(c->thread, NULL);
+    }
+    if (c->own_loop) ev_async_stop(c->loop, &c->stop);
     ev_timer_stop(c->loop, &c->tick);
     ap_sock_destroy(&c->dealer);
     ap_sock_destroy(&c->sub);
     s_stop_transfer(c);
     ap_weights_destroy(&c->ready);
+    if (c->own_loop) ev_loop_destroy(c->own_loop);
+    pthread_mutex_destroy(&c->mu);
     free(c);
     *cp = NULL;
 }
 
 int ap_wclient_take(ap_wclient_t *c, ap_weights_t **out) {
     *out = NULL;
-    if (!c->ready || ap_version_cmp(c->ready->version, c->taken) <= 0) return 0;
-    *out = c->ready;
-    c->ready = NULL;
-    c->taken = (*out)->version;
-    return 1;
+    pthread_mutex_lock(&c->mu);
+    int got = c->ready && ap_version_cmp(c->ready->version, c->taken) > 0;
+    if (got) {
+        *out = c->ready;
+        c->ready = NULL;
+        c->taken = (*out)->version;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return got;
 }
 
 void ap_wclient_on_ready(ap_wclient_t *c, void (*cb)(ap_wclient_t *c, void *data), void *data) {
+    pthread_mutex_lock(&c->mu);
     c->on_ready = cb;
     c->on_ready_data = data;
+    pthread_mutex_unlock(&c->mu);
 }
 
-ap_version_t ap_wclient_newest_known(const ap_wclient_t *c) {
-    return c->newest;
+ap_version_t ap_wclient_newest_known(ap_wclient_t *c) {
+    pthread_mutex_lock(&c->mu);
+    ap_version_t v = c->newest;
+    pthread_mutex_unlock(&c->mu);
+    return v;
 }
-void ap_wclient_stats(const ap_wclient_t *c, ap_wclient_stats_t *out) {
+
+void ap_wclient_stats(ap_wclient_t *c, ap_wclient_stats_t *out) {
+    pthread_mutex_lock(&c->mu);
     *out = c->stats;
+    pthread_mutex_unlock(&c->mu);
 }

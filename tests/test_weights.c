@@ -5,7 +5,9 @@
  *      of a newer restart generation with a smaller step is taken as newer;
  *   4. a version evicted mid-transfer: the client moves to the newest and nothing leaks;
  *   5. publishing an older version or an arena that does not match its config is refused;
- *      a blob header that does not parse is refused. */
+ *      a blob header that does not parse is refused;
+ *   6. a client spawned on its own thread pulls while its caller never runs a loop. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,6 +53,12 @@ static ap_weights_t *s_pull(struct ev_loop *loop, ap_wclient_t *c, ap_version_t 
         ev_run(loop, EVRUN_ONCE);
     }
     return NULL;
+}
+
+static atomic_int s_ready_calls;
+static void s_on_ready(ap_wclient_t *c, void *data) {
+    (void)c, (void)data;
+    atomic_fetch_add(&s_ready_calls, 1);
 }
 
 int main(void) {
@@ -172,6 +180,30 @@ int main(void) {
                (unsigned long long)st.published, (unsigned long long)st.chunks, st.bytes / 1e6,
                (unsigned long long)st.manifests, (unsigned long long)st.gone, st.live_snapshots);
         AP_CHECK(st.live_snapshots <= 3, "snapshots leak: %d live", st.live_snapshots);
+    }
+
+    /* 6. a spawned client (own thread and loop) pulls while its caller never runs a loop */
+    {
+        ap_wclient_t *tc = ap_wclient_spawn(net, &co);
+        AP_ASSERTF(tc, "%s", ap_errmsg());
+        ap_wclient_on_ready(tc, s_on_ready, NULL);
+        float *p3 = s_params(&cfg, 3, &bytes);
+        AP_CHECK(ap_wserver_publish(srv, (ap_version_t){3, 1}, &cfg, 0, p3, bytes) == 0, "%s",
+                 ap_errmsg());
+        double t1 = ap_now();
+        ap_weights_t *tw = NULL;
+        while (!tw && ap_now() - t1 < 30) {
+            ev_run(loop, EVRUN_ONCE); /* the server's loop only */
+            if (ap_wclient_take(tc, &tw) == 1 && tw->version.gen != 3) ap_weights_destroy(&tw);
+        }
+        AP_CHECK(tw && tw->version.gen == 3 && !memcmp(tw->params, p3, bytes),
+                 "spawned client did not get 3:1");
+        AP_CHECK(atomic_load(&s_ready_calls) >= 1, "on_ready not called");
+        printf("spawned client: 100 MB in %.3f s, on_ready called %d times\n", ap_now() - t1,
+               atomic_load(&s_ready_calls));
+        ap_weights_destroy(&tw);
+        ap_wclient_destroy(&tc);
+        free(p3);
     }
 
     /* 5. refusals */

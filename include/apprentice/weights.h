@@ -126,14 +126,19 @@ typedef struct {
 
 typedef struct ap_wclient ap_wclient_t;
 
+/* A client whose transfers run on `loop` (the caller's loop: transfers progress only while it
+ * runs, so call ev_run(loop, EVRUN_NOWAIT) between work units, or use ap_wclient_spawn). */
 ap_wclient_t *ap_wclient_new(ap_net_t *net, struct ev_loop *loop, const ap_wclient_opts_t *o);
-void ap_wclient_destroy(ap_wclient_t **c);
+/* A client running on its own thread and loop: transfers progress while the caller computes;
+ * take / stats / newest_known are thread-safe; on_ready runs on the client's thread. */
+ap_wclient_t *ap_wclient_spawn(ap_net_t *net, const ap_wclient_opts_t *o);
+void ap_wclient_destroy(ap_wclient_t **c); /* joins the thread of a spawned client */
 /* 1 and *out = the newest verified version newer than anything taken before (the caller owns
  * it: ap_weights_destroy), or 0 when there is none. Never blocks. */
 int ap_wclient_take(ap_wclient_t *c, ap_weights_t **out);
 /* Called on the loop each time a newer version has been verified (optional). */
 void ap_wclient_on_ready(ap_wclient_t *c, void (*cb)(ap_wclient_t *c, void *data), void *data);
-ap_version_t ap_wclient_newest_known(const ap_wclient_t *c); /* newest version announced */
-void ap_wclient_stats(const ap_wclient_t *c, ap_wclient_stats_t *out);
+ap_version_t ap_wclient_newest_known(ap_wclient_t *c); /* newest version announced */
+void ap_wclient_stats(ap_wclient_t *c, ap_wclient_stats_t *out);
 
 #endif
