@@ -13,6 +13,3 @@ int ap_cmd_actor(int argc, char **argv) { (void)argc; return s_pending(argv[0]);
 int ap_cmd_teacher(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
 int ap_cmd_buffer(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
 int ap_cmd_learner(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
-int ap_cmd_sft(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
-int ap_cmd_eval(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
-int ap_cmd_sample(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
