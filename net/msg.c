@@ -29,6 +29,7 @@ struct ap_msg_codec {
     ap_version_t latest; /* newest version known; {0,0}: no future check */
     ap_msg_stats_t stats;
     ap_ratelimit_t rl; /* one log line per second per codec */
+    ap_reject_t last;  /* reason of the latest rejection */
     char name[64];
 };
 
@@ -1094,6 +1095,7 @@ ap_msg_codec_t *ap_msg_codec_new(const ap_msg_limits_t *lim, const char *name) {
     else
         ap_msg_limits_default(&c->lim);
     snprintf(c->name, sizeof c->name, "%s", name ? name : "codec");
+    c->last = AP_REJECT_REASON_COUNT;
     return c;
 }
 
@@ -1112,6 +1114,10 @@ void ap_msg_codec_set_vocab(ap_msg_codec_t *c, int32_t vocab_size) {
 const ap_msg_stats_t *ap_msg_codec_stats(const ap_msg_codec_t *c) {
     return &c->stats;
 }
+ap_reject_t ap_msg_codec_last_reject(const ap_msg_codec_t *c) {
+    return c->last;
+}
+
 const ap_msg_limits_t *ap_msg_codec_limits(const ap_msg_codec_t *c) {
     return &c->lim;
 }
@@ -1120,6 +1126,7 @@ static void s_count(ap_msg_codec_t *c, ap_reject_t why, const char *msg) {
     AP_ASSERT((unsigned)why < AP_REJECT_REASON_COUNT);
     c->stats.rejected++;
     c->stats.by_reason[why]++;
+    c->last = why;
     long suppressed = c->rl.suppressed;
     if (ap_ratelimit_ok(&c->rl, 1.0))
         ap_log(AP_LOG_WARN, "%s: rejected a message (%s): %s [%ld similar suppressed]", c->name,

@@ -390,6 +390,7 @@ struct ap_sock {
     ev_io io, mon_io;
     ap_sock_msg_cb on_msg;
     void (*on_writable)(ap_sock_t *s, void *data);
+    ap_sock_reject_cb on_reject;
     void *data;
     int watching;
 };
@@ -785,6 +786,8 @@ static void s_check_cb(struct ev_loop *loop, ev_check *w, int revents) {
         if (rc > 0) {
             s->on_msg(s, &peer, &m, s->data);
             ap_msg_clear(&m);
+        } else if (s->on_reject) {
+            s->on_reject(s, &peer, ap_msg_codec_last_reject(s->codec), s->data);
         }
     }
     if (s->watching && s->on_writable && (s_events(s->z) & ZMQ_POLLOUT)) s->on_writable(s, s->data);
@@ -818,6 +821,10 @@ void ap_sock_on_writable(ap_sock_t *s, void (*on_writable)(ap_sock_t *s, void *d
     s->on_writable = on_writable;
 }
 
+void ap_sock_on_reject(ap_sock_t *s, ap_sock_reject_cb on_reject) {
+    s->on_reject = on_reject;
+}
+
 void ap_sock_unwatch(ap_sock_t *s) {
     if (!s->watching) return;
     ev_io_stop(s->loop, &s->io);
@@ -828,6 +835,7 @@ void ap_sock_unwatch(ap_sock_t *s) {
     s->watching = 0;
     s->on_msg = NULL;
     s->on_writable = NULL;
+    s->on_reject = NULL;
 }
 
 /* ---------------------------------------------------------------- signals */

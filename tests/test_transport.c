@@ -4,7 +4,8 @@
  *      (HWM 1000) and resuming from on_writable: every message and every echo arrives, in order;
  *   2. 5,000 messages queued before the watcher starts are all delivered (no edge needed);
  *   3. a 3-frame message, random bytes and an over-MAXMSGSIZE frame are dropped and counted
- *      while the service keeps serving the next valid message;
+ *      while the service keeps serving the next valid message; the watcher reports each drop
+ *      with its sender (ap_sock_on_reject);
  *   4. shutdown with messages queued to a dead peer, from SIGTERM via ev_signal, is bounded. */
 #include <signal.h>
 #include <stdlib.h>
@@ -105,6 +106,28 @@ static void s_count_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *msg, void
     c->got++;
     c->last_seq = msg->seq;
     if ((int)c->got == c->stop_at) ev_break(EV_DEFAULT, EVBREAK_ALL);
+}
+
+typedef struct {
+    int rejects, msgs;
+    ap_reject_t why;
+    ap_peer_t bad_peer, good_peer;
+} s_rej_t;
+
+static void s_rej_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *msg, void *data) {
+    (void)s, (void)msg;
+    s_rej_t *r = data;
+    r->msgs++;
+    r->good_peer = *from;
+    ev_break(EV_DEFAULT, EVBREAK_ALL);
+}
+
+static void s_rej_cb(ap_sock_t *s, const ap_peer_t *from, ap_reject_t why, void *data) {
+    (void)s;
+    s_rej_t *r = data;
+    r->rejects++;
+    r->why = why;
+    r->bad_peer = *from;
 }
 
 static int s_signalled;
@@ -231,6 +254,29 @@ int main(void) {
         ap_msg_clear(&m);
         ap_sock_destroy(&good);
         ap_sock_destroy(&bad);
+        ap_sock_destroy(&r);
+    }
+
+    /* 3b. the watcher reports each drop with its sender, for per-peer accounting */
+    {
+        ap_sock_t *r = s_router(net, 4096, 1000), *d = s_dealer(net, ap_sock_endpoint(r), 1000);
+        s_rej_t rj = {0};
+        ap_sock_watch(r, loop, s_rej_msg, &rj);
+        ap_sock_on_reject(r, s_rej_cb);
+        zmq_send(ap_sock_zmq(d), "\xff\xff\xff", 3, 0); /* not an Envelope */
+        ap_msg_t ok = {.type = AP_MSG_HEARTBEAT, .seq = 5};
+        ap_sock_send(d, NULL, &ok);
+        ev_timer timeout;
+        ev_timer_init(&timeout, s_timeout_cb, 5, 0);
+        ev_timer_start(loop, &timeout);
+        ev_run(loop, 0);
+        ev_timer_stop(loop, &timeout);
+        AP_CHECK(rj.rejects == 1 && rj.why == AP_REJECT_PARSE && rj.msgs == 1, "rejects %d msgs %d",
+                 rj.rejects, rj.msgs);
+        AP_CHECK(rj.bad_peer.rid_len > 0 && rj.bad_peer.rid_len == rj.good_peer.rid_len &&
+                     !memcmp(rj.bad_peer.rid, rj.good_peer.rid, rj.bad_peer.rid_len),
+                 "reject names its sender");
+        ap_sock_destroy(&d);
         ap_sock_destroy(&r);
     }
 

@@ -233,6 +233,8 @@ void ap_msg_codec_destroy(ap_msg_codec_t **c);
 void ap_msg_codec_set_latest(ap_msg_codec_t *c, ap_version_t v);
 void ap_msg_codec_set_vocab(ap_msg_codec_t *c, int32_t vocab_size);
 const ap_msg_stats_t *ap_msg_codec_stats(const ap_msg_codec_t *c);
+/* Reason of the most recent rejection (AP_REJECT_REASON_COUNT before the first). */
+ap_reject_t ap_msg_codec_last_reject(const ap_msg_codec_t *c);
 const ap_msg_limits_t *ap_msg_codec_limits(const ap_msg_codec_t *c);
 /* Count a rejection found by the caller (e.g. the transport saw a bad frame count). */
 void ap_msg_codec_reject(ap_msg_codec_t *c, ap_reject_t why, const char *fmt, ...)

@@ -160,6 +160,10 @@ void ap_sock_watch(ap_sock_t *s, struct ev_loop *loop, ap_sock_msg_cb on_msg, vo
 /* Also call on_writable (once per loop iteration) while set and the socket can send: set it
  * after an EAGAIN to resume parked output, clear it (NULL) when done. */
 void ap_sock_on_writable(ap_sock_t *s, void (*on_writable)(ap_sock_t *s, void *data));
+/* Also call on_reject for every message the watcher drops (already counted and logged), with
+ * its sender and reason: for per-peer accounting (e.g. expire a peer after K violations). */
+typedef void (*ap_sock_reject_cb)(ap_sock_t *s, const ap_peer_t *from, ap_reject_t why, void *data);
+void ap_sock_on_reject(ap_sock_t *s, ap_sock_reject_cb on_reject);
 void ap_sock_unwatch(ap_sock_t *s);
 
 /* ---------------------------------------------------------------- signals */
