@@ -178,14 +178,15 @@ ap_sft_t *ap_sft_new(ap_config_t *cfg, int flags) {
     s->last_acc = s->last_acc_priv = NAN;
     s->last_acc_step = -1;
     const ap_sft_cfg_t *sc = s->sc;
-    char *latest = NULL, *user = NULL;
+    char *latest = NULL, *user = NULL, *rel = NULL;
 
     if (!(s->task = ap_task_new(&cfg->task))) goto fail;
     s->sampler = ap_task_sampler_new(s->task, 0, 1);
-    if (ap_rundir_create(cfg, &s->dir) < 0) goto fail;
     ap_rng_seed(&s->rng, (uint64_t)cfg->run.seed, S_RNG_STREAM);
 
-    latest = ap_rundir_latest(s->dir);
+    /* the run directory is (re)written only once the resume, if any, is known to work */
+    rel = ap_sprintf("%s/%s", cfg->run.dir, cfg->run.name);
+    latest = ap_rundir_latest(rel);
     if (latest) { /* resume: the checkpoint has the model, its vocabulary and the state */
         if (!(s->model = ap_model_load(latest))) goto fail;
         if (!(s->tok = ap_tokenizer_load_dir(latest))) goto fail;
@@ -232,6 +233,7 @@ ap_sft_t *ap_sft_new(ap_config_t *cfg, int flags) {
         s->teacher_kv = ap_kv_new(s->teacher, sc->batch, len);
     }
     if (s_setup_eval(s) < 0) goto fail;
+    if (ap_rundir_create(cfg, &s->dir) < 0) goto fail;
 
     char *mpath = ap_rundir_path(s->dir, "metrics.jsonl");
     s->metrics = ap_metrics_open(mpath, "sft", 0);
@@ -280,10 +282,12 @@ ap_sft_t *ap_sft_new(ap_config_t *cfg, int flags) {
     }
     free(latest);
     free(user);
+    free(rel);
     return s;
 fail:
     free(latest);
     free(user);
+    free(rel);
     ap_sft_destroy(&s);
     return NULL;
 }
