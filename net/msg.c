@@ -344,7 +344,7 @@ static int s_check(const ap_msg_t *m, const ap_msg_limits_t *lim, ap_version_t l
             return s_fail(vd, AP_REJECT_LENGTH, "chunk without data");
         return 0;
     case AP_MSG_METRICS: {
-        const ap_metrics_t *x = m->u.metrics;
+        const ap_msg_metrics_t *x = m->u.metrics;
         if (!x) return s_fail(vd, AP_REJECT_LENGTH, "metrics missing");
         if ((unsigned)x->role >= AP_ROLE_COUNT)
             return s_fail(vd, AP_REJECT_ENUM, "metrics role %d", (int)x->role);
@@ -648,7 +648,7 @@ static void s_to_pb(const ap_msg_t *m, Ap__Envelope *env, s_scratch_t *sc) {
         break;
     }
     case AP_MSG_METRICS: {
-        const ap_metrics_t *x = m->u.metrics;
+        const ap_msg_metrics_t *x = m->u.metrics;
         Ap__Metrics *pm = s_tmp(sc, sizeof *pm);
         ap__metrics__init(pm);
         pm->role = (Ap__Role)x->role;
@@ -1047,7 +1047,7 @@ static int s_from_pb(const Ap__Envelope *env, const ap_msg_limits_t *lim, const 
             return s_fail(vd, AP_REJECT_LIMIT, "%zu metric values > limit %d", pm->n_names,
                           lim->max_metrics);
         out->type = AP_MSG_METRICS;
-        ap_metrics_t *x = ap_metrics_new((int)pm->n_names);
+        ap_msg_metrics_t *x = ap_msg_metrics_new((int)pm->n_names);
         out->u.metrics = x;
         x->role = (ap_role_t)pm->role;
         x->id = pm->id;
@@ -1080,7 +1080,7 @@ void ap_msg_clear(ap_msg_t *m) {
         ap_batch_destroy(&m->u.batch);
         break;
     case AP_MSG_METRICS:
-        ap_metrics_destroy(&m->u.metrics);
+        ap_msg_metrics_destroy(&m->u.metrics);
         break;
     default:
         break;

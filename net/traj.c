@@ -1,5 +1,5 @@
 /* traj.c: constructors and destructors of the plain trajectory structs of traj.h (groups,
- * scores, batches) and of ap_metrics_t (msg.h). A group or a scores struct is one allocation:
+ * scores, batches) and of ap_msg_metrics_t (msg.h). A group or a scores struct is one allocation:
  * the struct, then every numeric array carved from the same block (8-byte aligned pieces), so
  * destroying it is one free() plus its strings. */
 #include <stdlib.h>
@@ -193,16 +193,16 @@ const ap_scores_t *ap_batch_item_scores(const ap_batch_item_t *it, ap_teacher_ki
     return NULL;
 }
 
-ap_metrics_t *ap_metrics_new(int n) {
+ap_msg_metrics_t *ap_msg_metrics_new(int n) {
     AP_ASSERT(n >= 0);
-    ap_metrics_t *m = ap_calloc(1, sizeof *m);
+    ap_msg_metrics_t *m = ap_calloc(1, sizeof *m);
     m->n = n;
     m->names = ap_calloc((size_t)(n > 0 ? n : 1), sizeof *m->names);
     m->values = ap_calloc((size_t)(n > 0 ? n : 1), sizeof *m->values);
     return m;
 }
 
-void ap_metrics_destroy(ap_metrics_t **mp) {
+void ap_msg_metrics_destroy(ap_msg_metrics_t **mp) {
     if (!mp || !*mp) return;
     free((*mp)->names);
     free((*mp)->values);

@@ -258,7 +258,7 @@ int main(void) {
         }
         ap_msg_clear(&out);
 
-        ap_metrics_t *x = ap_metrics_new(3);
+        ap_msg_metrics_t *x = ap_msg_metrics_new(3);
         x->role = AP_ROLE_LEARNER;
         x->id = 0;
         x->step = 42;
@@ -268,7 +268,7 @@ int main(void) {
             strcpy(x->names[i], names[i]), x->values[i] = i * 0.5 - 1;
         m = (ap_msg_t){.type = AP_MSG_METRICS, .u.metrics = x};
         if (s_roundtrip(&m, &out, NULL, 0) == 0) {
-            const ap_metrics_t *y = out.u.metrics;
+            const ap_msg_metrics_t *y = out.u.metrics;
             AP_CHECK(y->n == 3 && y->step == 42 && y->role == AP_ROLE_LEARNER, "metrics header");
             for (int i = 0; i < 3 && i < y->n; i++)
                 AP_CHECK(!strcmp(y->names[i], names[i]) && y->values[i] == x->values[i],
@@ -276,7 +276,7 @@ int main(void) {
             types_done[out.type] = 1;
         }
         ap_msg_clear(&out);
-        ap_metrics_destroy(&x);
+        ap_msg_metrics_destroy(&x);
     }
 
     for (int t = 1; t < AP_MSG_TYPE_COUNT; t++)

@@ -144,10 +144,10 @@ typedef struct {
     int n;                      /* values */
     char (*names)[AP_NAME_MAX]; /* [n] */
     double *values;             /* [n] finite */
-} ap_metrics_t;
+} ap_msg_metrics_t;
 
-ap_metrics_t *ap_metrics_new(int n);
-void ap_metrics_destroy(ap_metrics_t **m);
+ap_msg_metrics_t *ap_msg_metrics_new(int n);
+void ap_msg_metrics_destroy(ap_msg_metrics_t **m);
 
 /* A message. Decoded: every pointer is owned by the message (ap_msg_clear frees; set a pointer
  * to NULL to take ownership). Being encoded: pointers are borrowed. */
@@ -168,7 +168,7 @@ typedef struct {
         ap_weights_announce_t announce;
         ap_weights_request_t weights_request;
         ap_weights_chunk_t chunk;
-        ap_metrics_t *metrics;
+        ap_msg_metrics_t *metrics;
     } u;
 } ap_msg_t;
 

@@ -28,6 +28,7 @@
 
 #include "apprentice/model.h"
 #include "apprentice/rng.h"
+#include "apprentice/traj.h"
 
 typedef struct {
     float temperature; /* > 0: sample from softmax(logits / temperature); 0: greedy (argmax) */
@@ -52,10 +53,9 @@ size_t ap_sample_work_floats(int V);
 int32_t ap_sample_token(const float *logits, int V, const ap_sampling_t *s, ap_rng_t *rng,
                         float *logprob, float *work);
 
-typedef enum {
-    AP_FINISH_EOS = 0,    /* the last token is EOS (included in the completion) */
-    AP_FINISH_LENGTH = 1, /* max_new tokens, or the max position of the model, reached */
-} ap_finish_t;
+/* ap_finish_t (AP_FINISH_EOS: the last token is EOS, included in the completion;
+ * AP_FINISH_LENGTH: max_new tokens, or the max position of the model, reached) is the
+ * protocol's own enum, from traj.h: a completion's finish reason travels as is. */
 
 typedef struct {
     const int32_t *tokens;  /* [n] completion tokens (borrowed from the ap_kv_t) */
