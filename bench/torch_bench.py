@@ -8,6 +8,9 @@ configs (A, B, C of research/perf-anchors.md), same workloads and the same JSON 
   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 /usr/bin/python3 bench/torch_bench.py train --config C --batch 8 --seq 256 --threads 1
   /usr/bin/python3 bench/torch_bench.py sample --config B --batch 16 --new-tokens 256 --threads 1
   /usr/bin/python3 bench/torch_bench.py            # the whole matrix, like `apprentice bench train` + `sample`
+  # side by side: alternate PyTorch and apprentice K rounds per workload, then a markdown table
+  # of medians and ratios (all JSON lines go to stdout, the table to stderr)
+  /usr/bin/python3 bench/torch_bench.py --apprentice build/apprentice --rounds 3
 
 train: forward + cross-entropy + backward + AdamW(lr 1e-4, wd 0.1) + grad clipping, random tokens,
 median step time after warm-up. sample: KV cache preallocated, multinomial at temperature 1,
@@ -40,6 +43,8 @@ def parse():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int)
     p.add_argument("--reps", type=int)
+    p.add_argument("--apprentice", metavar="BIN", help="also run BIN bench ... alternately (side by side)")
+    p.add_argument("--rounds", type=int, default=3, help="alternations per workload with --apprentice")
     return p.parse_args()
 
 
@@ -218,27 +223,75 @@ def sample_one(name, S, new, threads, warmup, reps):
           "peak_rss_mb": rss_mb(), "reps": reps, "torch": torch.__version__})
 
 
+def workloads(a):
+    """(kind, config, batch, seq) of this invocation: one, or the default matrix."""
+    kinds = [a.kind] if a.kind else ["train", "sample"]
+    out = []
+    for kind in kinds:
+        cfgs = [a.config] if a.config else list(CONFIGS)
+        for c in cfgs:
+            if kind == "train":
+                shapes = [(a.batch or 16, a.seq or 64)] if a.config else [(16, 64), (8, 256)]
+            else:
+                new = a.new_tokens or a.seq or 256
+                shapes = [(a.batch or 1, new)] if a.config else [(1, new), (16, new)]
+            out += [(kind, c, b, t) for b, t in shapes]
+    return out
+
+
+def run_torch(a, kind, c, b, t):
+    if kind == "train":
+        train_one(c, b, t, a.threads, a.warmup if a.warmup is not None else 2, a.reps or 7)
+    else:
+        sample_one(c, b, t, a.threads, a.warmup if a.warmup is not None else 1, a.reps or 5)
+
+
+def side_by_side(a):
+    """Alternate this process's PyTorch run and `apprentice bench` on every workload."""
+    import subprocess
+    results = []
+    global emit
+    plain_emit = emit
+
+    def keep(obj):
+        results.append(obj)
+        plain_emit(obj)
+    emit = keep
+    for kind, c, b, t in workloads(a):
+        for _ in range(a.rounds):
+            run_torch(a, kind, c, b, t)
+            cmd = [a.apprentice, "bench", kind, "--config", c, "--batch", str(b),
+                   "--seq" if kind == "train" else "--new-tokens", str(t), "--threads", str(a.threads)]
+            if a.reps:
+                cmd += ["--reps", str(a.reps)]
+            if a.warmup is not None:
+                cmd += ["--warmup", str(a.warmup)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                keep(json.loads(line))
+    rows = {}
+    for r in results:
+        rows.setdefault((r["bench"], r["config"], r["batch"], r["seq"]), {}).setdefault(r["system"], []).append(r)
+    print("| bench | config | batch x seq | PyTorch tok/s | apprentice tok/s | ratio | apprentice MFU | "
+          "peak GFLOPS | apprentice peak RSS MB |", file=sys.stderr)
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|", file=sys.stderr)
+    for (kind, c, b, t), by in rows.items():
+        pt = statistics.median(x["tokens_per_s"] for x in by.get("pytorch", [{"tokens_per_s": float("nan")}]))
+        ap = by.get("apprentice", [])
+        at = statistics.median(x["tokens_per_s"] for x in ap) if ap else float("nan")
+        mfu = statistics.median(x["mfu"] for x in ap) if ap else float("nan")
+        peak = statistics.median(x["peak_gflops"] for x in ap) if ap else float("nan")
+        rss = max(x["peak_rss_mb"] for x in ap) if ap else float("nan")
+        print(f"| {kind} | {c} | {b} x {t} | {pt:,.0f} | {at:,.0f} | {at / pt:.2f} | {100 * mfu:.0f}% | "
+              f"{peak:.0f} | {rss:.0f} |", file=sys.stderr)
+
+
 def main():
     a = ARGS
-    kinds = [a.kind] if a.kind else ["train", "sample"]
-    for kind in kinds:
-        if kind == "train":
-            warm, reps = a.warmup if a.warmup is not None else 2, a.reps or 7
-            if a.config:
-                train_one(a.config, a.batch or 16, a.seq or 64, a.threads, warm, reps)
-            else:
-                for c in CONFIGS:
-                    train_one(c, 16, 64, a.threads, warm, reps)
-                    train_one(c, 8, 256, a.threads, warm, reps)
-        else:
-            warm, reps = a.warmup if a.warmup is not None else 1, a.reps or 5
-            new = a.new_tokens or a.seq or 256
-            if a.config:
-                sample_one(a.config, a.batch or 1, new, a.threads, warm, reps)
-            else:
-                for c in CONFIGS:
-                    sample_one(c, 1, new, a.threads, warm, reps)
-                    sample_one(c, 16, new, a.threads, warm, reps)
+    if a.apprentice:
+        return side_by_side(a)
+    for kind, c, b, t in workloads(a):
+        run_torch(a, kind, c, b, t)
 
 
 if __name__ == "__main__":

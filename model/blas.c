@@ -1,9 +1,12 @@
 /* blas.c: the single place that calls OpenBLAS (STYLE.md 7). Thin on purpose: it picks sgemv
  * for single-row or single-column products (batch-1 decoding, where sgemm's packing costs more
- * than the product) and sgemm for everything else, and owns the process's BLAS thread count. */
+ * than the product) and sgemm for everything else, and owns the process's BLAS thread count.
+ * Also the one product OpenBLAS does badly for us: few rows against pre-packed weights
+ * (ap_matmul_packed), written with gcc vector extensions (portable; AVX-512 here). */
 #include "apprentice/blas.h"
 
 #include <cblas.h>
+#include <string.h>
 
 #include "apprentice/base.h"
 
@@ -48,4 +51,64 @@ void ap_matmul_backward(float *dx, int accumulate_dx, float *dw, const float *dy
                         const float *w, int n, int in, int out) {
     if (dx) ap_gemm(dx, in, dy, out, 0, w, in, 0, n, in, out, 1.0f, accumulate_dx ? 1.0f : 0.0f);
     if (dw) ap_gemm(dw, in, dy, out, 1, x, in, 0, out, in, n, 1.0f, 1.0f);
+}
+
+/* ---- few rows x packed weights ------------------------------------------------------------- */
+
+typedef float s_v16 __attribute__((vector_size(AP_PACK_LANES * sizeof(float))));
+
+size_t ap_pack_floats(int in, int out) {
+    return (size_t)((out + AP_PACK_LANES - 1) / AP_PACK_LANES) * AP_PACK_LANES * in;
+}
+
+void ap_pack(float *packed, const float *w, int in, int out) {
+    int np = (out + AP_PACK_LANES - 1) / AP_PACK_LANES;
+    for (int p = 0; p < np; p++)
+        for (int i = 0; i < in; i++) {
+            float *dst = packed + ((size_t)p * in + i) * AP_PACK_LANES;
+            for (int l = 0; l < AP_PACK_LANES; l++) {
+                int o = p * AP_PACK_LANES + l;
+                dst[l] = o < out ? w[(size_t)o * in + i] : 0.0f;
+            }
+        }
+}
+
+/* NR rows (a compile-time constant once inlined): NR vector accumulators per panel, one panel
+ * load and NR broadcast FMAs per input element. xt is x transposed, [in][NR], zero-padded. */
+static inline __attribute__((always_inline)) void
+s_packed_rows(float *y, int accumulate, const float *xt, const float *packed, int n, int in, int out,
+              const int NR) {
+    int np = (out + AP_PACK_LANES - 1) / AP_PACK_LANES;
+    for (int p = 0; p < np; p++) {
+        const float *pp = packed + (size_t)p * in * AP_PACK_LANES;
+        s_v16 acc[AP_PACK_MAX_ROWS];
+        for (int r = 0; r < NR; r++) acc[r] = (s_v16){0};
+        for (int i = 0; i < in; i++) {
+            s_v16 w;
+            memcpy(&w, pp + (size_t)i * AP_PACK_LANES, sizeof w);
+            const float *xi = xt + (size_t)i * NR;
+#pragma GCC unroll 16
+            for (int r = 0; r < NR; r++) acc[r] += xi[r] * w;
+        }
+        int o0 = p * AP_PACK_LANES, nl = AP_MIN(AP_PACK_LANES, out - o0);
+        for (int r = 0; r < n; r++) {
+            float tmp[AP_PACK_LANES], *yr = y + (size_t)r * out + o0;
+            memcpy(tmp, &acc[r], sizeof tmp);
+            if (accumulate)
+                for (int l = 0; l < nl; l++) yr[l] += tmp[l];
+            else
+                memcpy(yr, tmp, (size_t)nl * sizeof *tmp);
+        }
+    }
+}
+
+void ap_matmul_packed(float *y, int accumulate, const float *x, const float *packed, int n, int in,
+                      int out, float *work) {
+    AP_ASSERT(n >= 1 && n <= AP_PACK_MAX_ROWS);
+    const int NR = n <= 4 ? 4 : n <= 8 ? 8 : 16; /* padded: one pass over the weights */
+    for (int i = 0; i < in; i++)
+        for (int r = 0; r < NR; r++) work[(size_t)i * NR + r] = r < n ? x[(size_t)r * in + i] : 0.0f;
+    if (NR == 4) s_packed_rows(y, accumulate, work, packed, n, in, out, 4);
+    else if (NR == 8) s_packed_rows(y, accumulate, work, packed, n, in, out, 8);
+    else s_packed_rows(y, accumulate, work, packed, n, in, out, 16);
 }

@@ -9,7 +9,10 @@
  * to identical prompts), then decodes one token per active sequence per step, compacting the
  * active set as sequences finish.
  *
- * Cache layout: k, v [L][S][max_len][KV*hd]. Scratch is sized for kv->R rows per chunk. */
+ * Cache layout, per layer and slot, per key/value head g: keys transposed, kt [hd][max_len], and
+ * values v [max_len][hd]. A query's scores are then hd contiguous axpy passes over the keys
+ * (sc[0..n) += q[i] * kt[i][0..n)) and its output n axpys over value rows: every inner loop
+ * is vectorised, with no horizontal reduction per key. Scratch is sized for kv->R rows. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,13 +26,19 @@
 struct ap_kv {
     const ap_model_t *m;
     int S, maxlen, R; /* slots, positions per slot, rows per chunk */
+    int ml;           /* maxlen rounded up to 16: row length of transposed keys */
     int *len;         /* [S] positions cached */
-    float *k, *v;     /* [L, S, maxlen, KV*hd] */
+    float *kt, *v;    /* [L, S, KV, hd, ml] keys transposed; [L, S, KV, ml, hd] values */
     /* per-chunk scratch, R rows */
     int *slot, *pos;                     /* [R] */
-    float *x, *a, *rstd, *qkv, *ao, *gu, *act, *sc; /* sc: [maxlen] attention scores */
+    float *x, *a, *rstd, *qkv, *ao, *gu, *act, *sc; /* sc: [ml] attention scores */
     float *logits;                       /* [R, V] */
     float *work;                         /* sampler scratch */
+    /* weights packed for few-row products (blas.h), refreshed when the model's version moves */
+    float *pk;
+    size_t *pk_off;                      /* [4 L + 1]: qkv, o, gu, down per layer, then lm_head */
+    uint64_t pk_version;                 /* model version packed; 0 = never */
+    float *xt;                           /* [AP_PACK_MAX_ROWS * max(D, F)] packing scratch */
     /* ap_generate's results */
     int32_t *out_tok;
     float *out_lp;
@@ -37,10 +46,15 @@ struct ap_kv {
     int *active;    /* [S] */
 };
 
+enum { S_LANES = 16 }; /* register block: 16 keys (scores) or 16 head dims (output) */
+enum { S_PACK_MIN_ROWS = 2 }; /* fewer rows: sgemv on the original weights (measured faster) */
+
 static size_t s_kvd(const ap_model_t *m) { return (size_t)m->KV * m->hd; }
 
-static float *s_cache(const ap_kv_t *kv, float *base, int l, int slot, int pos) {
-    return base + (((size_t)l * kv->S + slot) * kv->maxlen + pos) * s_kvd(kv->m);
+/* Start of (layer l, slot, kv head g) in kt or v: a [hd, ml] or [ml, hd] block. */
+static float *s_block(const ap_kv_t *kv, float *base, int l, int slot, int g) {
+    const ap_model_t *m = kv->m;
+    return base + (((size_t)l * kv->S + slot) * m->KV + g) * m->hd * kv->ml;
 }
 
 ap_kv_t *ap_kv_new(const ap_model_t *m, int max_seqs, int max_len) {
@@ -51,9 +65,10 @@ ap_kv_t *ap_kv_new(const ap_model_t *m, int max_seqs, int max_len) {
     kv->m = m;
     kv->S = max_seqs, kv->maxlen = max_len;
     kv->R = AP_MAX(max_seqs, 128);
-    size_t R = (size_t)kv->R, D = (size_t)m->D, cache = (size_t)m->L * max_seqs * max_len * s_kvd(m);
+    kv->ml = (max_len + S_LANES - 1) / S_LANES * S_LANES;
+    size_t R = (size_t)kv->R, D = (size_t)m->D, cache = (size_t)m->L * max_seqs * kv->ml * s_kvd(m);
     kv->len = ap_calloc((size_t)max_seqs, sizeof *kv->len);
-    kv->k = ap_alloc_aligned(cache * sizeof(float));
+    kv->kt = ap_alloc_aligned(cache * sizeof(float));
     kv->v = ap_alloc_aligned(cache * sizeof(float));
     kv->slot = ap_malloc(R * sizeof *kv->slot);
     kv->pos = ap_malloc(R * sizeof *kv->pos);
@@ -64,20 +79,23 @@ ap_kv_t *ap_kv_new(const ap_model_t *m, int max_seqs, int max_len) {
     kv->ao = ap_alloc_aligned(R * D * sizeof(float));
     kv->gu = ap_alloc_aligned(R * 2 * m->F * sizeof(float));
     kv->act = ap_alloc_aligned(R * m->F * sizeof(float));
-    kv->sc = ap_alloc_aligned((size_t)max_len * sizeof(float));
+    kv->sc = ap_alloc_aligned((size_t)kv->ml * sizeof(float));
     kv->logits = ap_alloc_aligned(R * m->V * sizeof(float));
     kv->work = ap_malloc(ap_sample_work_floats(m->V) * sizeof(float));
     kv->active = ap_malloc((size_t)max_seqs * sizeof *kv->active);
+    kv->pk_off = ap_malloc(((size_t)4 * m->L + 1) * sizeof *kv->pk_off);
+    kv->xt = ap_malloc((size_t)AP_PACK_MAX_ROWS * AP_MAX(m->D, m->F) * sizeof *kv->xt);
     return kv;
 }
 
 void ap_kv_destroy(ap_kv_t **kvp) {
     if (!kvp || !*kvp) return;
     ap_kv_t *kv = *kvp;
-    free(kv->len), free(kv->k), free(kv->v), free(kv->slot), free(kv->pos);
+    free(kv->len), free(kv->kt), free(kv->v), free(kv->slot), free(kv->pos);
     free(kv->x), free(kv->a), free(kv->rstd), free(kv->qkv), free(kv->ao), free(kv->gu);
     free(kv->act), free(kv->sc), free(kv->logits), free(kv->work);
     free(kv->out_tok), free(kv->out_lp), free(kv->active);
+    free(kv->pk), free(kv->pk_off), free(kv->xt);
     free(kv);
     *kvp = NULL;
 }
@@ -92,26 +110,35 @@ int ap_kv_len(const ap_kv_t *kv, int slot) {
 int ap_kv_max_seqs(const ap_kv_t *kv) { return kv->S; }
 int ap_kv_max_len(const ap_kv_t *kv) { return kv->maxlen; }
 
-/* One row's attention, all heads: q [H*hd] at position pos of `slot` over cache[0..pos]. */
+/* One row's attention, all heads: q [H*hd] at position pos of `slot` over cache[0..pos].
+ * Both passes walk the cache sequentially (prefetch-friendly; decoding reads more KV-cache
+ * bytes than it does arithmetic on them): scores take four transposed key rows per pass over
+ * sc[0..n), the output one value row per step. */
 static void s_attend(const ap_kv_t *kv, float *out, const float *q, int l, int slot, int pos) {
     const ap_model_t *m = kv->m;
-    int hd = m->hd, group = m->H / m->KV, n = pos + 1;
-    size_t kvd = s_kvd(m);
-    const float *K = s_cache(kv, kv->k, l, slot, 0), *V = s_cache(kv, kv->v, l, slot, 0);
+    int hd = m->hd, group = m->H / m->KV, n = pos + 1, ml = kv->ml;
     float scale = 1.0f / sqrtf((float)hd), *sc = kv->sc;
     for (int h = 0; h < m->H; h++) {
-        const float *qh = q + (size_t)h * hd;
-        size_t go = (size_t)(h / group) * hd;
-        float mx = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            const float *kj = K + j * kvd + go;
-            float d = 0.0f;
-#pragma omp simd reduction(+ : d)
-            for (int i = 0; i < hd; i++) d += qh[i] * kj[i];
-            sc[j] = d * scale;
-            mx = sc[j] > mx ? sc[j] : mx;
+        const float *qh = q + (size_t)h * hd, *Kt = s_block(kv, kv->kt, l, slot, h / group),
+                    *V = s_block(kv, kv->v, l, slot, h / group);
+        memset(sc, 0, (size_t)n * sizeof *sc);
+        int i = 0;
+        for (; i + 4 <= hd; i += 4) { /* sc += K[:, i..i+4) q[i..i+4) */
+            const float *k0 = Kt + (size_t)i * ml, *k1 = k0 + ml, *k2 = k1 + ml, *k3 = k2 + ml;
+            float q0 = qh[i] * scale, q1 = qh[i + 1] * scale, q2 = qh[i + 2] * scale,
+                  q3 = qh[i + 3] * scale;
+#pragma omp simd
+            for (int j = 0; j < n; j++) sc[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j];
         }
-        float sum = 0.0f;
+        for (; i < hd; i++) {
+            const float *k0 = Kt + (size_t)i * ml;
+            float q0 = qh[i] * scale;
+#pragma omp simd
+            for (int j = 0; j < n; j++) sc[j] += q0 * k0[j];
+        }
+        float mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
+        for (int j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < n; j++) {
             sc[j] = ap_expf(sc[j] - mx);
@@ -119,12 +146,73 @@ static void s_attend(const ap_kv_t *kv, float *out, const float *q, int l, int s
         }
         float inv = 1.0f / sum, *o = out + (size_t)h * hd;
         memset(o, 0, (size_t)hd * sizeof *o);
-        for (int j = 0; j < n; j++) {
-            const float *vj = V + j * kvd + go;
+        for (int j = 0; j < n; j++) { /* o = softmax(sc) V */
+            const float *vr = V + (size_t)j * hd;
             float p = sc[j] * inv;
 #pragma omp simd
-            for (int i = 0; i < hd; i++) o[i] += p * vj[i];
+            for (int d = 0; d < hd; d++) o[d] += p * vr[d];
         }
+    }
+}
+
+/* Copy positions [0, len) of every layer's cache from slot `src` to slot `dst`. */
+static void s_copy_slot(ap_kv_t *kv, int dst, int src, int len) {
+    const ap_model_t *m = kv->m;
+    for (int l = 0; l < m->L; l++)
+        for (int g = 0; g < m->KV; g++) {
+            const float *ks = s_block(kv, kv->kt, l, src, g), *vs = s_block(kv, kv->v, l, src, g);
+            float *kd = s_block(kv, kv->kt, l, dst, g), *vd = s_block(kv, kv->v, l, dst, g);
+            for (int i = 0; i < m->hd; i++)
+                memcpy(kd + (size_t)i * kv->ml, ks + (size_t)i * kv->ml, (size_t)len * sizeof(float));
+            memcpy(vd, vs, (size_t)len * m->hd * sizeof(float));
+        }
+}
+
+/* The (in, out) shape of packed matrix k: 0 qkv, 1 o, 2 gu, 3 down per layer; 4 L = lm_head. */
+static void s_pk_shape(const ap_model_t *m, int k, int *in, int *out) {
+    int w = k == 4 * m->L ? 4 : k % 4;
+    *in = w == 3 ? m->F : m->D;
+    *out = w == 0 ? m->QKV : w == 1 ? m->D : w == 2 ? 2 * m->F : w == 3 ? m->D : m->V;
+}
+
+static const float *s_pk_src(const ap_model_t *m, int k) {
+    if (k == 4 * m->L) return m->params + m->off_lm;
+    const ap_layer_off_t *lo = &m->lo[k / 4];
+    size_t off[4] = {lo->qkv, lo->o, lo->gu, lo->down};
+    return m->params + off[k % 4];
+}
+
+/* Re-pack every projection when the weights changed since the last packing. */
+static void s_pack_refresh(ap_kv_t *kv) {
+    const ap_model_t *m = kv->m;
+    if (kv->pk_version == m->version) return;
+    size_t total = 0;
+    for (int k = 0; k <= 4 * m->L; k++) {
+        int in, out;
+        s_pk_shape(m, k, &in, &out);
+        kv->pk_off[k] = total;
+        total += ap_pack_floats(in, out);
+    }
+    if (!kv->pk) kv->pk = ap_alloc_aligned(total * sizeof(float));
+    for (int k = 0; k <= 4 * m->L; k++) {
+        int in, out;
+        s_pk_shape(m, k, &in, &out);
+        ap_pack(kv->pk + kv->pk_off[k], s_pk_src(m, k), in, out);
+    }
+    kv->pk_version = m->version;
+}
+
+/* y[n, out] (+)= x[n, in] w^T for packed matrix k: few rows through the packed panels (one pass
+ * over the weights, no per-call re-packing), more through sgemm. */
+static void s_linear(ap_kv_t *kv, float *y, int accumulate, const float *x, int k, int n) {
+    const ap_model_t *m = kv->m;
+    int in, out;
+    s_pk_shape(m, k, &in, &out);
+    if (n >= S_PACK_MIN_ROWS && n <= AP_PACK_MAX_ROWS) {
+        s_pack_refresh(kv);
+        ap_matmul_packed(y, accumulate, x, kv->pk + kv->pk_off[k], n, in, out, kv->xt);
+    } else {
+        ap_gemm(y, out, x, in, 0, s_pk_src(m, k), in, 1, n, out, in, 1.0f, accumulate ? 1.0f : 0.0f);
     }
 }
 
@@ -145,21 +233,26 @@ static void s_chunk(ap_kv_t *kv, float *logits, const int *slots, const int32_t 
     for (int l = 0; l < m->L; l++) {
         const ap_layer_off_t *lo = &m->lo[l];
         ap_rmsnorm(kv->a, kv->rstd, kv->x, P + lo->attn_norm, n, D, eps);
-        ap_matmul(kv->qkv, kv->a, P + lo->qkv, n, D, QKV);
+        s_linear(kv, kv->qkv, 0, kv->a, 4 * l + 0, n);
         for (int r = 0; r < n; r++) { /* RoPE, then k and v into the cache */
             float *row = kv->qkv + (size_t)r * QKV;
             int p = kv->pos[r];
             ap_rope(row, m->H + m->KV, hd, m->rope_cos + (size_t)p * half, m->rope_sin + (size_t)p * half, 1);
-            memcpy(s_cache(kv, kv->k, l, kv->slot[r], p), row + D, kvd * sizeof(float));
-            memcpy(s_cache(kv, kv->v, l, kv->slot[r], p), row + D + kvd, kvd * sizeof(float));
+            for (int g = 0; g < m->KV; g++) {
+                const float *k = row + D + (size_t)g * hd;
+                float *kt = s_block(kv, kv->kt, l, kv->slot[r], g) + p;
+                for (int i = 0; i < hd; i++) kt[(size_t)i * kv->ml] = k[i];
+                memcpy(s_block(kv, kv->v, l, kv->slot[r], g) + (size_t)p * hd, row + D + kvd + (size_t)g * hd,
+                       (size_t)hd * sizeof(float));
+            }
         }
         for (int r = 0; r < n; r++)
             s_attend(kv, kv->ao + (size_t)r * D, kv->qkv + (size_t)r * QKV, l, kv->slot[r], kv->pos[r]);
-        ap_gemm(kv->x, D, kv->ao, D, 0, P + lo->o, D, 1, n, D, D, 1.0f, 1.0f); /* x += ao o^T */
+        s_linear(kv, kv->x, 1, kv->ao, 4 * l + 1, n); /* x += ao o^T */
         ap_rmsnorm(kv->a, kv->rstd, kv->x, P + lo->mlp_norm, n, D, eps);
-        ap_matmul(kv->gu, kv->a, P + lo->gu, n, D, 2 * m->F);
+        s_linear(kv, kv->gu, 0, kv->a, 4 * l + 2, n);
         ap_swiglu(kv->act, kv->gu, n, m->F);
-        ap_gemm(kv->x, D, kv->act, m->F, 0, P + lo->down, m->F, 1, n, D, m->F, 1.0f, 1.0f);
+        s_linear(kv, kv->x, 1, kv->act, 4 * l + 3, n); /* x += act down^T */
     }
     if (!logits) return;
     int k = 0; /* gather the wanted rows, then one product */
@@ -169,7 +262,7 @@ static void s_chunk(ap_kv_t *kv, float *logits, const int *slots, const int32_t 
             k++;
         }
     ap_rmsnorm(kv->a, kv->rstd, kv->x, P + m->off_norm, k, D, eps);
-    ap_matmul(logits, kv->a, P + m->off_lm, k, D, m->V);
+    s_linear(kv, logits, 0, kv->a, 4 * m->L, k);
 }
 
 /* Check rows before anything changes: ids, slots, room in each slot. */
@@ -281,10 +374,7 @@ int ap_generate(ap_kv_t *kv, ap_completion_t *out, const int32_t *const *prompts
     for (int i = 0; i < S; i++) {
         if (src[i] == i) continue;
         int j = src[i], len = prompt_lens[i];
-        for (int l = 0; l < m->L; l++) {
-            memcpy(s_cache(kv, kv->k, l, i, 0), s_cache(kv, kv->k, l, j, 0), (size_t)len * s_kvd(m) * sizeof(float));
-            memcpy(s_cache(kv, kv->v, l, i, 0), s_cache(kv, kv->v, l, j, 0), (size_t)len * s_kvd(m) * sizeof(float));
-        }
+        s_copy_slot(kv, i, j, len);
         kv->len[i] = len;
         memcpy(first + (size_t)i * V, first + (size_t)j * V, (size_t)V * sizeof(float));
     }

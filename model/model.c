@@ -64,6 +64,7 @@ static ap_model_t *s_alloc(const ap_model_config_t *c) {
     m->nfloats = off;
     AP_ASSERT((long long)off == ap_model_config_num_params(c));
     m->params = ap_alloc_aligned(off * sizeof(float));
+    m->version = 1;
 
     /* RoPE tables, in double then rounded: cos/sin(pos * theta^(-2j/hd)) */
     int half = m->hd / 2, P = c->max_positions;
@@ -187,7 +188,10 @@ const ap_param_t *ap_model_find(const ap_model_t *m, const char *name) {
 }
 
 size_t ap_model_num_floats(const ap_model_t *m) { return m->nfloats; }
-float *ap_model_params(ap_model_t *m) { return m->params; }
+float *ap_model_params(ap_model_t *m) {
+    m->version++; /* the caller may write through it */
+    return m->params;
+}
 
 float *ap_model_grads(ap_model_t *m) {
     if (!m->grads) m->grads = ap_alloc_aligned(m->nfloats * sizeof(float));
@@ -205,6 +209,7 @@ int ap_model_set_blob(ap_model_t *m, const void *blob, size_t bytes) {
                       "bytes)",
                       bytes, m->nfloats, m->nfloats * sizeof(float));
     memcpy(m->params, blob, bytes);
+    m->version++;
     m->fwd_valid = 0; /* kept activations belong to the old weights */
     return 0;
 }

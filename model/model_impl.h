@@ -49,6 +49,9 @@ struct ap_model {
 
     float *params, *grads, *m1, *m2; /* arenas; grads/m1/m2 NULL until first needed */
     long step;                       /* optimizer steps taken */
+    uint64_t version;                /* bumped by anything that may change the parameters
+                                        (step, set_blob, the writable ap_model_params), so
+                                        derived copies (KV-engine packed weights) can refresh */
 
     float *rope_cos, *rope_sin; /* [max_positions, hd/2] */
 

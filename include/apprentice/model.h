@@ -80,7 +80,8 @@ int ap_model_num_tensors(const ap_model_t *m);
 const ap_param_t *ap_model_tensor(const ap_model_t *m, int i); /* 0 <= i < num_tensors */
 const ap_param_t *ap_model_find(const ap_model_t *m, const char *name); /* NULL if absent */
 size_t ap_model_num_floats(const ap_model_t *m); /* floats in each arena */
-float *ap_model_params(ap_model_t *m);           /* parameter arena (borrowed) */
+float *ap_model_params(ap_model_t *m);           /* parameter arena (borrowed, writable: counts as a
+                                                    weight change, KV caches re-derive on next use) */
 float *ap_model_grads(ap_model_t *m);            /* gradient arena, allocated zeroed on first call */
 
 /* Weight transfer: the parameter arena as bytes (borrowed; `*bytes` = its size). */
