@@ -87,7 +87,7 @@ static void s_mixed(int tied) {
 
     /* refusals change nothing */
     int bad_slot[2] = {0, 7};
-    int32_t bad_tok[2] = {1, 1}, oov[1] = {V};
+    int32_t bad_tok[3] = {1, 1, 1}, oov[1] = {V};
     AP_CHECK(ap_kv_forward(kv, NULL, bad_slot, bad_tok, 2) < 0 && strstr(ap_errmsg(), "slot 7"),
              "bad slot refused: %s", ap_errmsg());
     AP_CHECK(ap_kv_forward(kv, NULL, bad_slot, oov, 1) < 0 && strstr(ap_errmsg(), "vocabulary"),
@@ -121,6 +121,51 @@ static void s_long_prefill(void) {
     printf("gqa untied: KV vs full forward, one 200-token prefill (chunked): max|diff| %.2e\n", worst);
     ap_kv_destroy(&kv);
     free(full), free(lg);
+    ap_model_destroy(&m);
+}
+
+/* 16 sequences decoding together (the 16-row packed product), and the packed weights following
+ * a weight change (set_blob, and writes through ap_model_params). */
+static void s_batch16_and_new_weights(void) {
+    enum { S = 16, P = 3, T = 5 };
+    ap_model_t *m = s_model(0, 16, 31);
+    int V = ap_model_config(m)->vocab_size;
+    int32_t tok[S * T];
+    for (int i = 0; i < S * T; i++) tok[i] = (int32_t)((i * 7 + i / T) % V);
+    ap_kv_t *kv = ap_kv_new(m, S, 16);
+    float *lg = ap_malloc((size_t)S * T * V * sizeof *lg), *full = ap_malloc((size_t)S * T * V * sizeof *full);
+    int slots[S * T];
+    int32_t rows[S * T];
+    size_t bytes;
+    float *blob = ap_malloc(ap_model_num_floats(m) * sizeof *blob);
+    for (int round = 0; round < 3; round++) {
+        if (round == 1) { /* new weights through the transfer path */
+            const void *cur = ap_model_blob(m, &bytes);
+            memcpy(blob, cur, bytes);
+            for (size_t k = 0; k < ap_model_num_floats(m); k++) blob[k] *= 1.1f;
+            AP_CHECK(ap_model_set_blob(m, blob, bytes) == 0, "set_blob");
+        }
+        if (round == 2) ap_model_params(m)[7] += 0.5f; /* a direct write */
+        memcpy(full, ap_model_forward(m, tok, NULL, S, T), (size_t)S * T * V * sizeof *full);
+        ap_kv_clear(kv);
+        int n = 0;
+        for (int i = 0; i < S; i++) /* prefill P tokens each: 48 rows, the sgemm path */
+            for (int t = 0; t < P; t++) slots[n] = i, rows[n++] = tok[i * T + t];
+        AP_CHECK(ap_kv_forward(kv, lg, slots, rows, n) == 0, "prefill: %s", ap_errmsg());
+        double worst = 0;
+        for (int t = P; t < T; t++) { /* then 16-row decode steps: the packed path */
+            for (int i = 0; i < S; i++) slots[i] = i, rows[i] = tok[i * T + t];
+            AP_CHECK(ap_kv_forward(kv, lg, slots, rows, S) == 0, "decode: %s", ap_errmsg());
+            for (int i = 0; i < S; i++)
+                worst = fmax(worst, s_cmp_rows(lg + (size_t)i * V, full + ((size_t)i * T + t) * V, V,
+                                               round ? "after new weights" : "batch 16", i, t));
+        }
+        printf("gqa untied: 16 sequences decoding together%s: max|diff| vs full forward %.2e\n",
+               round == 0 ? "" : round == 1 ? ", after set_blob" : ", after a write through ap_model_params",
+               worst);
+    }
+    free(lg), free(full), free(blob);
+    ap_kv_destroy(&kv);
     ap_model_destroy(&m);
 }
 
@@ -216,6 +261,7 @@ int main(void) {
     s_mixed(0);
     s_mixed(1);
     s_long_prefill();
+    s_batch16_and_new_weights();
     s_generate(0);
     s_generate(1);
     fflush(stdout);

@@ -19,7 +19,8 @@
  * polynomial, 2^n by exponent bits); gcc vectorises it without -ffast-math, unlike expf.
  * Relative error < 3e-7 for x in [-87.3, 88.3]; 0 below (no denormals), inf above, NaN kept. */
 static inline float ap_expf(float x) {
-    float xc = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    float xc = x > -87.3f ? x : -87.3f; /* NaN clamps too (then restored below) */
+    xc = xc < 88.3f ? xc : 88.3f;
     float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
     float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -29,7 +30,7 @@ static inline float ap_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t e = ((int32_t)n + 127) << 23;
+    uint32_t e = (uint32_t)((int32_t)n + 127) << 23; /* n in [-126, 127] */
     float scale;
     memcpy(&scale, &e, sizeof scale);
     float y = p * scale;
