@@ -1,0 +1,525 @@
+/* learner_service.c: ap_learner_run, the learner as a service (DESIGN.md "Conversations",
+ * learner <-> buffer and weights).
+ *
+ * Two threads. The calling thread computes (ap_learner_step_core on each batch). An I/O thread
+ * runs a libev loop that owns every socket: the DEALER to the buffer (HELLO; BATCH_REQUESTs kept
+ * `learner.prefetch` deep counting batches received but not yet computed; BATCH parts reassembled
+ * by request id; RESET -> HELLO again and re-request; HEARTBEAT every buffer.heartbeat_ms with the
+ * learner's version; BYE at the end) and the weights server (ap_wserver: chunk pulls are served
+ * while a step computes). The threads meet in a small mailbox under one mutex: a queue of
+ * complete batches (I/O -> compute), and the learner's version and publication requests
+ * (compute -> I/O, with an ev_async wake-up). A publication is synchronous for the compute thread
+ * (ap_wserver_publish copies and hashes the arena on the I/O thread while the compute thread
+ * waits: the parameters must not move during the copy); its wait is counted as transport time.
+ *
+ * Sync mode (run.sync): one batch at a time: the next BATCH_REQUEST leaves only after the step
+ * and the publication of its version (published every step, whatever learner.sync_every says:
+ * sync actors wait for exactly the version CREDIT.latest names). */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "apprentice/base.h"
+#include "apprentice/weights.h"
+#include "learner/learner_impl.h"
+
+#define S_MAX_OUT 16     /* requests in flight (learner.prefetch <= 16) */
+#define S_MAX_READY 16   /* complete batches waiting for the compute thread */
+#define S_MAX_PARTS 4096 /* parts of one batch accepted */
+#define S_MAX_MSG ((size_t)256 << 20)
+
+typedef struct {
+    uint64_t id;       /* request id */
+    int parts, got;    /* parts announced by the first part (0 before), parts received */
+    ap_batch_t **part; /* [parts] */
+} s_req_t;
+
+typedef struct {
+    ap_learner_t *L;
+    struct ev_loop *loop;
+    pthread_t th;
+    int started;
+    ap_sock_t *sock;
+    ap_wserver_t *ws;
+    ev_async wake;
+    ev_timer hb;
+    ev_prepare prep;
+    int prefetch, sync;
+    double period; /* heartbeat period, seconds */
+
+    pthread_mutex_t mu; /* guards the fields up to the loop-only section */
+    pthread_cond_t cv;
+    int quit;                  /* compute -> I/O: send BYE and leave */
+    int dead;                  /* the I/O thread has left */
+    int publish;               /* compute -> I/O: publish `version` now (compute waits) */
+    int publish_rc;            /* its result */
+    char publish_err[256];
+    ap_version_t version;      /* the learner's version (requests, heartbeats, codec) */
+    int computing;             /* sync: a batch is being computed (occupies the one slot) */
+    ap_batch_t *ready[S_MAX_READY];
+    int n_ready;
+    double io_busy;            /* seconds the loop spent processing since last read */
+    long received, resets, late, bad_parts, send_fail;
+
+    /* loop thread only */
+    s_req_t out[S_MAX_OUT];
+    int n_out;
+    uint64_t next_req;
+    double last_heard;
+    int silent;
+    ap_ratelimit_t rl;
+} s_io_t;
+
+/* ---- I/O thread ----------------------------------------------------------------------------- */
+
+static void s_send(s_io_t *io, const ap_msg_t *m) {
+    if (ap_sock_send(io->sock, NULL, m) == 0) return;
+    pthread_mutex_lock(&io->mu);
+    io->send_fail++;
+    pthread_mutex_unlock(&io->mu);
+    if (ap_ratelimit_ok(&io->rl, 5.0))
+        ap_log(AP_LOG_WARN, "learner: send %s to the buffer: %s", ap_msg_type_name(m->type),
+               ap_errmsg());
+}
+
+static void s_hello(s_io_t *io) {
+    const ap_learner_t *L = io->L;
+    ap_msg_t m = {.type = AP_MSG_HELLO};
+    m.u.hello.role = AP_ROLE_LEARNER;
+    m.u.hello.id = 0;
+    snprintf(m.u.hello.name, sizeof m.u.hello.name, "%s", L->name);
+    m.u.hello.capacity = (uint32_t)io->prefetch;
+    m.u.hello.vocab_size = ap_tokenizer_vocab_size(L->tok);
+    m.u.hello.vocab_hash = ap_tokenizer_hash(L->tok);
+    s_send(io, &m);
+}
+
+static void s_req_free(s_req_t *r) {
+    for (int p = 0; p < r->parts; p++) ap_batch_destroy(&r->part[p]);
+    free(r->part);
+    memset(r, 0, sizeof *r);
+}
+
+static void s_drop_requests(s_io_t *io) {
+    for (int i = 0; i < io->n_out; i++) s_req_free(&io->out[i]);
+    io->n_out = 0;
+}
+
+/* Keep `prefetch` requests ahead of the compute thread. */
+static void s_top_up(s_io_t *io) {
+    pthread_mutex_lock(&io->mu);
+    int busy = io->n_ready + (io->sync ? io->computing : 0);
+    ap_version_t v = io->version;
+    pthread_mutex_unlock(&io->mu);
+    while (io->n_out + busy < io->prefetch && io->n_out < S_MAX_OUT) {
+        ap_msg_t m = {.type = AP_MSG_BATCH_REQUEST};
+        m.u.batch_request.request_id = ++io->next_req;
+        m.u.batch_request.learner_version = v;
+        m.u.batch_request.trajectories = io->L->cfg->batch.size;
+        m.u.batch_request.max_bytes = S_MAX_MSG - (1u << 20);
+        if (ap_sock_send(io->sock, NULL, &m) < 0) { /* retried on the next heartbeat */
+            if (ap_ratelimit_ok(&io->rl, 5.0))
+                ap_log(AP_LOG_WARN, "learner: batch request: %s", ap_errmsg());
+            break;
+        }
+        s_req_t *r = &io->out[io->n_out++];
+        memset(r, 0, sizeof *r);
+        r->id = m.u.batch_request.request_id;
+    }
+}
+
+/* The parts of a complete request as one batch (items moved, parts freed). */
+static ap_batch_t *s_merge(s_req_t *r) {
+    int total = 0;
+    for (int p = 0; p < r->parts; p++) total += r->part[p]->n_items;
+    ap_batch_t *b = ap_batch_new(total);
+    b->request_id = r->id;
+    int j = 0;
+    for (int p = 0; p < r->parts; p++) {
+        ap_batch_t *part = r->part[p];
+        for (int i = 0; i < part->n_items; i++) b->items[j++] = part->items[i];
+        part->n_items = 0;
+        ap_batch_destroy(&r->part[p]);
+    }
+    free(r->part);
+    memset(r, 0, sizeof *r);
+    return b;
+}
+
+static void s_on_batch(s_io_t *io, ap_msg_t *m) {
+    ap_batch_t *bt = m->u.batch;
+    int at = -1;
+    for (int i = 0; i < io->n_out && at < 0; i++)
+        if (io->out[i].id == bt->request_id) at = i;
+    const char *why = NULL;
+    s_req_t *r = at >= 0 ? &io->out[at] : NULL;
+    if (!r) why = "no such request in flight (late, or from before a reset)";
+    else if (bt->parts > S_MAX_PARTS) why = "too many parts";
+    else if (r->parts && bt->parts != r->parts) why = "part count differs from the first part's";
+    else if (r->parts && r->part[bt->part]) why = "duplicate part";
+    if (why) {
+        pthread_mutex_lock(&io->mu);
+        if (r) io->bad_parts++;
+        else io->late++;
+        pthread_mutex_unlock(&io->mu);
+        if (ap_ratelimit_ok(&io->rl, 5.0))
+            ap_log(AP_LOG_WARN, "learner: batch %llu part %d/%d dropped: %s",
+                   (unsigned long long)bt->request_id, bt->part, bt->parts, why);
+        return;
+    }
+    if (!r->parts) {
+        r->parts = bt->parts;
+        r->part = ap_calloc((size_t)r->parts, sizeof *r->part);
+    }
+    r->part[bt->part] = bt;
+    m->u.batch = NULL; /* kept */
+    if (++r->got < r->parts) return;
+    ap_batch_t *b = s_merge(r);
+    io->out[at] = io->out[--io->n_out];
+    pthread_mutex_lock(&io->mu);
+    AP_ASSERT(io->n_ready < S_MAX_READY);
+    io->ready[io->n_ready++] = b;
+    io->received++;
+    pthread_cond_broadcast(&io->cv);
+    pthread_mutex_unlock(&io->mu);
+}
+
+static void s_on_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *m, void *data) {
+    (void)s, (void)from;
+    s_io_t *io = data;
+    io->last_heard = ap_now();
+    if (io->silent) {
+        ap_log(AP_LOG_INFO, "learner: the buffer answers again");
+        io->silent = 0;
+    }
+    switch (m->type) {
+    case AP_MSG_BATCH:
+        s_on_batch(io, m);
+        s_top_up(io);
+        break;
+    case AP_MSG_RESET:
+        ap_log(AP_LOG_WARN, "learner: the buffer reset us (%s): HELLO again, %d request(s) re-sent",
+               m->u.bye.reason, io->n_out);
+        pthread_mutex_lock(&io->mu);
+        io->resets++;
+        pthread_mutex_unlock(&io->mu);
+        s_drop_requests(io);
+        s_hello(io);
+        s_top_up(io);
+        break;
+    case AP_MSG_BYE:
+        ap_log(AP_LOG_INFO, "learner: the buffer is leaving (%s)", m->u.bye.reason);
+        break;
+    default: /* CREDIT, HEARTBEAT: liveness only */
+        break;
+    }
+}
+
+static void s_heartbeat(s_io_t *io) {
+    ap_msg_t m = {.type = AP_MSG_HEARTBEAT};
+    m.u.heartbeat.time = ap_wall();
+    pthread_mutex_lock(&io->mu);
+    m.u.heartbeat.version = io->version;
+    pthread_mutex_unlock(&io->mu);
+    s_send(io, &m);
+}
+
+static void s_on_hb(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop, (void)revents;
+    s_io_t *io = w->data;
+    s_heartbeat(io);
+    if (!io->silent && ap_now() - io->last_heard > 3 * io->period) {
+        io->silent = 1;
+        ap_log(AP_LOG_WARN, "learner: nothing from the buffer for %.1f s (%d request(s) waiting)",
+               ap_now() - io->last_heard, io->n_out);
+    }
+    s_top_up(io);
+}
+
+static void s_on_prep(struct ev_loop *loop, ev_prepare *w, int revents) {
+    (void)revents;
+    s_io_t *io = w->data;
+    double busy = ev_time() - ev_now(loop); /* processing since the last wake-up */
+    if (busy > 0) {
+        pthread_mutex_lock(&io->mu);
+        io->io_busy += busy;
+        pthread_mutex_unlock(&io->mu);
+    }
+}
+
+static void s_on_wake(struct ev_loop *loop, ev_async *w, int revents) {
+    (void)revents;
+    s_io_t *io = w->data;
+    ap_learner_t *L = io->L;
+    pthread_mutex_lock(&io->mu);
+    ap_msg_codec_set_latest(ap_sock_codec(io->sock), io->version);
+    if (io->publish) {
+        size_t bytes;
+        const void *arena = ap_model_blob(L->model, &bytes);
+        io->publish_rc = ap_wserver_publish(io->ws, io->version, ap_model_config(L->model),
+                                            L->table_hash, arena, bytes);
+        if (io->publish_rc < 0) snprintf(io->publish_err, sizeof io->publish_err, "%s", ap_errmsg());
+        io->publish = 0;
+        pthread_cond_broadcast(&io->cv);
+    }
+    int quit = io->quit;
+    pthread_mutex_unlock(&io->mu);
+    if (quit) {
+        ap_msg_t m = {.type = AP_MSG_BYE};
+        snprintf(m.u.bye.reason, sizeof m.u.bye.reason, "shutdown");
+        s_send(io, &m);
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    s_top_up(io);
+}
+
+static void *s_io_main(void *arg) {
+    s_io_t *io = arg;
+    ev_run(io->loop, 0);
+    pthread_mutex_lock(&io->mu);
+    io->dead = 1;
+    pthread_cond_broadcast(&io->cv);
+    pthread_mutex_unlock(&io->mu);
+    return NULL;
+}
+
+/* ---- set-up and tear-down (compute thread) -------------------------------------------------- */
+
+static void s_io_destroy(s_io_t *io) {
+    if (!io) return;
+    if (io->started) {
+        pthread_mutex_lock(&io->mu);
+        io->quit = 1;
+        pthread_mutex_unlock(&io->mu);
+        ev_async_send(io->loop, &io->wake);
+        pthread_join(io->th, NULL);
+    }
+    for (int i = 0; i < io->n_ready; i++) ap_batch_destroy(&io->ready[i]);
+    s_drop_requests(io);
+    if (io->loop) {
+        if (io->sock) ap_sock_unwatch(io->sock);
+        ev_async_stop(io->loop, &io->wake);
+        ev_timer_stop(io->loop, &io->hb);
+        ev_prepare_stop(io->loop, &io->prep);
+    }
+    ap_sock_destroy(&io->sock);
+    ap_wserver_destroy(&io->ws);
+    if (io->loop) ev_loop_destroy(io->loop);
+    pthread_mutex_destroy(&io->mu);
+    pthread_cond_destroy(&io->cv);
+    free(io);
+}
+
+static s_io_t *s_io_new(ap_learner_t *L) {
+    const ap_config_t *cfg = L->cfg;
+    s_io_t *io = ap_calloc(1, sizeof *io);
+    io->L = L;
+    pthread_mutex_init(&io->mu, NULL);
+    pthread_cond_init(&io->cv, NULL);
+    io->sync = cfg->run.sync;
+    io->prefetch = io->sync ? 1 : AP_MAX(1, AP_MIN(cfg->learner.prefetch, S_MAX_OUT));
+    io->period = cfg->buffer.heartbeat_ms / 1000.0;
+    io->version = L->version;
+    io->last_heard = ap_now();
+    if (!cfg->endpoints.buffer_learner[0] || !cfg->endpoints.weights[0]) {
+        ap_err("learner: endpoints.buffer_learner and endpoints.weights are required");
+        goto fail;
+    }
+    io->loop = ev_loop_new(EVFLAG_AUTO);
+    char server_key[AP_Z85_KEY] = "";
+    if (ap_net_curve(L->net)) {
+        char *path = ap_sprintf("%s/buffer.pub", cfg->security.keys_dir);
+        int rc = ap_curve_load_public(path, server_key);
+        free(path);
+        if (rc < 0 || ap_net_allow_dir(L->net, "weights", cfg->security.keys_dir) < 0) {
+            ap_err("learner: CURVE keys: %s", ap_errmsg());
+            goto fail;
+        }
+    }
+    ap_wserver_opts_t wo = {.endpoint = cfg->endpoints.weights,
+                            .pub_endpoint =
+                                cfg->endpoints.weights_pub[0] ? cfg->endpoints.weights_pub : NULL};
+    if (!(io->ws = ap_wserver_new(L->net, io->loop, &wo))) {
+        ap_err("learner: weights server on %s: %s", cfg->endpoints.weights, ap_errmsg());
+        goto fail;
+    }
+    ap_msg_limits_t lim;
+    ap_msg_limits_default(&lim);
+    lim.vocab_size = ap_tokenizer_vocab_size(L->tok);
+    lim.max_full_vocab = AP_MAX(lim.max_full_vocab, cfg->teacher.full_vocab_max);
+    lim.accept = 1u << AP_MSG_BATCH | 1u << AP_MSG_CREDIT | 1u << AP_MSG_HEARTBEAT |
+                 1u << AP_MSG_RESET | 1u << AP_MSG_BYE;
+    ap_sock_opts_t so = {.type = AP_SOCK_DEALER,
+                         .endpoint = cfg->endpoints.buffer_learner,
+                         .server_key = server_key[0] ? server_key : NULL,
+                         .max_msg = S_MAX_MSG,
+                         .limits = &lim,
+                         .name = "learner/buffer"};
+    if (!(io->sock = ap_sock_new(L->net, &so))) {
+        ap_err("learner: buffer socket %s: %s", cfg->endpoints.buffer_learner, ap_errmsg());
+        goto fail;
+    }
+    ap_msg_codec_set_latest(ap_sock_codec(io->sock), L->version);
+    ap_sock_watch(io->sock, io->loop, s_on_msg, io);
+    ev_async_init(&io->wake, s_on_wake);
+    io->wake.data = io;
+    ev_async_start(io->loop, &io->wake);
+    ev_timer_init(&io->hb, s_on_hb, io->period, io->period);
+    io->hb.data = io;
+    ev_timer_start(io->loop, &io->hb);
+    ev_prepare_init(&io->prep, s_on_prep);
+    io->prep.data = io;
+    ev_prepare_start(io->loop, &io->prep);
+    return io;
+fail:
+    s_io_destroy(io);
+    return NULL;
+}
+
+/* Publish L->version (the I/O thread copies and hashes the arena; we wait). 0 / -1. */
+static int s_publish(s_io_t *io) {
+    pthread_mutex_lock(&io->mu);
+    io->version = io->L->version;
+    io->publish = 1;
+    pthread_mutex_unlock(&io->mu);
+    ev_async_send(io->loop, &io->wake);
+    pthread_mutex_lock(&io->mu);
+    while (io->publish && !io->dead) pthread_cond_wait(&io->cv, &io->mu);
+    int rc = io->dead && io->publish ? ap_err("learner: the I/O thread has stopped")
+             : io->publish_rc < 0    ? ap_err("learner: publish: %s", io->publish_err)
+                                     : 0;
+    pthread_mutex_unlock(&io->mu);
+    return rc;
+}
+
+/* The next complete batch, waiting up to `timeout` seconds (NULL: none yet). */
+static ap_batch_t *s_take(s_io_t *io, double timeout) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double end = ts.tv_sec + ts.tv_nsec * 1e-9 + timeout;
+    ts.tv_sec = (time_t)end;
+    ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+    pthread_mutex_lock(&io->mu);
+    while (io->n_ready == 0 && !io->dead)
+        if (pthread_cond_timedwait(&io->cv, &io->mu, &ts) == ETIMEDOUT) break;
+    ap_batch_t *b = NULL;
+    if (io->n_ready > 0) {
+        b = io->ready[0];
+        memmove(io->ready, io->ready + 1, (size_t)--io->n_ready * sizeof *io->ready);
+        io->computing = 1;
+    }
+    pthread_mutex_unlock(&io->mu);
+    if (b) ev_async_send(io->loop, &io->wake); /* a slot is free: top up */
+    return b;
+}
+
+/* The step is over (and published when due): new version, free the sync slot. */
+static void s_step_done(s_io_t *io) {
+    pthread_mutex_lock(&io->mu);
+    io->version = io->L->version;
+    io->computing = 0;
+    io->L->io_acc += io->io_busy;
+    io->io_busy = 0;
+    pthread_mutex_unlock(&io->mu);
+    ev_async_send(io->loop, &io->wake);
+}
+
+/* ---- the service loop ----------------------------------------------------------------------- */
+
+static int s_done(const ap_learner_t *L, const char **why) {
+    const ap_run_cfg_t *rc = &L->cfg->run;
+    if ((long)L->version.step >= rc->max_steps) return *why = "run.max_steps reached", 1;
+    if (rc->max_minutes > 0 && ap_learner_elapsed(L) >= rc->max_minutes * 60)
+        return *why = "run.max_minutes reached", 1;
+    if (ap_learner_stopping(L)) return *why = "stop requested", 1;
+    return 0;
+}
+
+int ap_learner_run(ap_learner_t *L) {
+    if (!L->net) return ap_err("learner: ap_learner_run needs a network context (opts.net)");
+    const ap_config_t *cfg = L->cfg;
+    const char *why = NULL;
+    if (s_done(L, &why)) {
+        ap_log(AP_LOG_INFO, "learner: nothing to do at step %llu: %s",
+               (unsigned long long)L->version.step, why);
+        return 0;
+    }
+    s_io_t *io = s_io_new(L);
+    if (!io) return -1;
+    int rc = 0;
+    /* the starting version, HELLO and the first requests, then the I/O thread takes over */
+    size_t bytes;
+    const void *arena = ap_model_blob(L->model, &bytes);
+    if (ap_wserver_publish(io->ws, L->version, ap_model_config(L->model), L->table_hash, arena,
+                           bytes) < 0) {
+        ap_err("learner: publish: %s", ap_errmsg());
+        s_io_destroy(io);
+        return -1;
+    }
+    s_hello(io);
+    s_top_up(io);
+    if (pthread_create(&io->th, NULL, s_io_main, io) != 0) {
+        ap_err("learner: cannot start the I/O thread");
+        s_io_destroy(io);
+        return -1;
+    }
+    io->started = 1;
+    ap_log(AP_LOG_INFO, "learner: serving: batches from %s, weights on %s; version (%u, %llu)",
+           cfg->endpoints.buffer_learner, cfg->endpoints.weights, L->version.gen,
+           (unsigned long long)L->version.step);
+    ap_version_t published = L->version;
+    while (!s_done(L, &why)) {
+        double t0 = ap_now();
+        ap_batch_t *b = s_take(io, 0.1);
+        L->wait_acc += ap_now() - t0;
+        if (!b) {
+            if (io->dead) {
+                rc = ap_err("learner: the I/O thread has stopped");
+                break;
+            }
+            continue;
+        }
+        ap_learner_step_t st;
+        if (ap_learner_step_core(L, b, &st) < 0) {
+            rc = -1;
+            ap_batch_destroy(&b);
+            break;
+        }
+        const long step = (long)L->version.step;
+        if (st.skipped == AP_LEARNER_STEPPED &&
+            (cfg->run.sync || step % cfg->learner.sync_every == 0 || step >= cfg->run.max_steps)) {
+            double t = ap_now();
+            if (s_publish(io) < 0) {
+                rc = -1;
+                ap_batch_destroy(&b);
+                break;
+            }
+            published = L->version;
+            double dt = ap_now() - t;
+            st.transport_seconds += dt;
+            st.seconds += dt;
+        }
+        s_step_done(io);
+        if (ap_learner_after_step(L, b, &st) < 0) ap_log(AP_LOG_ERROR, "%s", ap_errmsg());
+        ap_batch_destroy(&b);
+    }
+    if (rc == 0) ap_log(AP_LOG_INFO, "learner: stopping at step %llu: %s",
+                        (unsigned long long)L->version.step, why);
+    if (rc == 0 && ap_version_cmp(published, L->version) != 0 && s_publish(io) < 0)
+        ap_log(AP_LOG_WARN, "learner: final publish: %s", ap_errmsg());
+    pthread_mutex_lock(&io->mu);
+    long received = io->received, resets = io->resets, late = io->late, bad = io->bad_parts;
+    pthread_mutex_unlock(&io->mu);
+    s_io_destroy(io);
+    ap_log(AP_LOG_INFO, "learner: %ld batches received, %ld resets, %ld late parts, %ld bad parts",
+           received, resets, late, bad);
+    if (L->dir && L->last_ckpt != (long)L->version.step && ap_learner_checkpoint(L) < 0) {
+        ap_log(AP_LOG_ERROR, "%s", ap_errmsg());
+        if (rc == 0) rc = -1;
+    }
+    return rc;
+}
