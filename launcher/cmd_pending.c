@@ -10,5 +10,3 @@ static int s_pending(const char *name) {
 }
 
 int ap_cmd_actor(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
-int ap_cmd_teacher(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
-int ap_cmd_buffer(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }

@@ -1,0 +1,338 @@
+/* score.c: the teacher's scoring as pure functions (teacher.h): which signals each teacher kind
+ * serves, batched scoring of many groups through ap_model_forward, random valid scores for
+ * benchmarks, and the start-up vocabulary check.
+ *
+ * Scoring one trajectory with prefix p (the prompt, or the self-teacher's privileged context)
+ * of P tokens and completion y of L tokens: the input is p ++ y[0 .. L-1) (n = P + L - 1
+ * tokens) and logits row P - 1 + t predicts y[t]. Trajectories of every group given are sorted
+ * longest first and packed into right-padded batches with B x T <= max_batch_tokens, so one
+ * forward serves several requests and padding stays small. Per position, from the logits z [V]:
+ *   sampled  = z[y]/tau_s - logsumexp(z/tau_s)
+ *   top-K    = the K largest z (descending, ties to the lower id), as z/tau - logsumexp(z/tau)
+ *   full     = z/tau - logsumexp(z/tau) for every v
+ * with the sums accumulated in double after subtracting the row maximum. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "apprentice/base.h"
+#include "apprentice/teacher.h"
+#include "apprentice/tokenizer.h"
+
+/* ---------------------------------------------------------------- which signals */
+
+unsigned ap_teacher_kinds_needed(const ap_config_t *cfg) {
+    const ap_obj_config_t *o = &cfg->objective;
+    unsigned k = 0;
+    if (o->gkd.c.enabled || o->opd.c.enabled) k |= 1u << AP_TEACHER_EXTERNAL;
+    if (o->opsd.c.enabled || o->srpo.c.enabled) k |= 1u << AP_TEACHER_SELF;
+    if (o->grpo.c.enabled && o->grpo.kl_ref > 0) k |= 1u << AP_TEACHER_REFERENCE;
+    return k;
+}
+
+void ap_teacher_params_for(ap_teacher_params_t *p, const ap_config_t *cfg, ap_teacher_kind_t kind,
+                           int vocab_size) {
+    memset(p, 0, sizeof *p);
+    p->kind = kind;
+    p->sampled_temperature = (float)cfg->sampling.temperature;
+    p->temperature = 1.0f;
+    if (kind == AP_TEACHER_REFERENCE) return; /* sampled-token log-probs only (k3 KL) */
+    if (kind == AP_TEACHER_EXTERNAL && cfg->objective.gkd.c.enabled)
+        p->temperature = (float)cfg->objective.gkd.tau;
+    if (kind == AP_TEACHER_SELF && cfg->objective.opsd.c.enabled)
+        p->temperature = (float)cfg->objective.opsd.tau;
+    p->full = vocab_size > 0 && vocab_size <= cfg->teacher.full_vocab_max;
+    p->top_k = p->full ? vocab_size
+                       : vocab_size > 0 ? AP_MIN(cfg->teacher.top_k, vocab_size) : cfg->teacher.top_k;
+}
+
+const char *ap_teacher_kind_name(ap_teacher_kind_t kind) {
+    static const char *names[AP_TEACHER_COUNT] = {"external", "self", "reference"};
+    return (unsigned)kind < AP_TEACHER_COUNT ? names[kind] : NULL;
+}
+
+int ap_teacher_kind_parse(const char *name) {
+    for (int k = 0; k < AP_TEACHER_COUNT; k++)
+        if (name && !strcmp(name, ap_teacher_kind_name((ap_teacher_kind_t)k))) return k;
+    return -1;
+}
+
+/* ---------------------------------------------------------------- one position */
+
+/* Is (za, ia) ranked after (zb, ib)? Descending value, ties to the lower id first. */
+static int s_after(float za, int32_t ia, float zb, int32_t ib) {
+    return za < zb || (za == zb && ia > ib);
+}
+
+/* The K largest entries of z [V] into ids [K], descending (a min-heap of the best K so far, root
+ * = the worst kept; then sorted). */
+static void s_topk(int32_t *ids, const float *z, int V, int K) {
+    int n = 0;
+    for (int32_t v = 0; v < V; v++) {
+        if (n < K) { /* sift up */
+            int c = n++;
+            while (c > 0) {
+                int parent = (c - 1) / 2;
+                if (!s_after(z[v], v, z[ids[parent]], ids[parent])) break;
+                ids[c] = ids[parent];
+                c = parent;
+            }
+            ids[c] = v;
+        } else if (s_after(z[ids[0]], ids[0], z[v], v)) { /* better than the worst: replace root */
+            int c = 0;
+            for (;;) {
+                int l = 2 * c + 1, r = l + 1, w = c;
+                int32_t wid = v;
+                if (l < K && s_after(z[ids[l]], ids[l], z[wid], wid)) w = l, wid = ids[l];
+                if (r < K && s_after(z[ids[r]], ids[r], z[wid], wid)) w = r, wid = ids[r];
+                if (w == c) break;
+                ids[c] = ids[w];
+                c = w;
+            }
+            ids[c] = v;
+        }
+    }
+    /* insertion sort, descending (K is small) */
+    for (int i = 1; i < K; i++) {
+        int32_t x = ids[i];
+        int j = i;
+        while (j > 0 && s_after(z[ids[j - 1]], ids[j - 1], z[x], x)) {
+            ids[j] = ids[j - 1];
+            j--;
+        }
+        ids[j] = x;
+    }
+}
+
+/* log sum_v exp((z_v - zmax) / tau), in double. */
+static double s_log_sum(const float *z, int V, float zmax, double tau) {
+    double sum = 0, inv = 1.0 / tau;
+    for (int v = 0; v < V; v++)
+        sum += exp((double)(z[v] - zmax) * inv);
+    return log(sum);
+}
+
+/* Signals of one position: logits z [V], sampled token y. */
+static void s_position(const float *z, int V, int32_t y, const ap_teacher_params_t *p,
+                       float *sampled, int32_t *ids, float *lp, int32_t *scratch_ids) {
+    float zmax = z[0];
+    for (int v = 1; v < V; v++)
+        zmax = z[v] > zmax ? z[v] : zmax;
+    double ts = p->sampled_temperature, tau = p->temperature;
+    double ls_s = s_log_sum(z, V, zmax, ts);
+    *sampled = (float)((double)(z[y] - zmax) / ts - ls_s);
+    if (!p->full && p->top_k <= 0) return;
+    double ls_t = tau == ts ? ls_s : s_log_sum(z, V, zmax, tau);
+    if (p->full) {
+        for (int v = 0; v < V; v++)
+            lp[v] = (float)((double)(z[v] - zmax) / tau - ls_t);
+        return;
+    }
+    int K = p->top_k;
+    int32_t *sel = ids ? ids : scratch_ids;
+    s_topk(sel, z, V, K);
+    for (int k = 0; k < K; k++)
+        lp[k] = (float)((double)(z[sel[k]] - zmax) / tau - ls_t);
+}
+
+/* ---------------------------------------------------------------- batched scoring */
+
+typedef struct {
+    int j, i;  /* group, trajectory */
+    int P, L;  /* prefix and completion lengths */
+    int n;     /* input tokens = P + L - 1 */
+} s_seq_t;
+
+static int s_cmp_seq(const void *a, const void *b) {
+    const s_seq_t *x = a, *y = b;
+    if (x->n != y->n) return x->n > y->n ? -1 : 1; /* longest first */
+    if (x->j != y->j) return x->j < y->j ? -1 : 1; /* then stable: group, trajectory */
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* The prefix of trajectory i of g for kind: the prompt, or the privileged context. */
+static const int32_t *s_prefix(const ap_group_t *g, int i, ap_teacher_kind_t kind, int *P) {
+    if (kind == AP_TEACHER_SELF) {
+        *P = g->ctx_offset[i + 1] - g->ctx_offset[i];
+        return g->ctx_tokens + g->ctx_offset[i];
+    }
+    *P = g->n_prompt;
+    return g->prompt;
+}
+
+int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
+                          const ap_teacher_params_t *const *params, ap_version_t version,
+                          int max_batch_tokens, ap_scores_t **out, ap_teacher_score_stats_t *stats) {
+    AP_ASSERT(m && n >= 0 && max_batch_tokens >= 1);
+    const ap_model_config_t *mc = ap_model_config(m);
+    const int V = mc->vocab_size;
+    ap_teacher_score_stats_t st = {0};
+    long total = 0;
+    for (int j = 0; j < n; j++) {
+        const ap_teacher_params_t *p = params[j];
+        AP_ASSERT(p->temperature > 0 && p->sampled_temperature > 0);
+        AP_ASSERT(!p->full || p->top_k == V || p->top_k == 0);
+        AP_ASSERT(p->full || p->top_k <= V);
+        const ap_group_t *g = groups[j];
+        int K = p->full ? V : AP_MAX(p->top_k, 0);
+        out[j] = ap_scores_new(g->G, g->offset, K, p->full, V);
+        out[j]->group_id = g->id;
+        out[j]->kind = p->kind;
+        out[j]->version = version;
+        out[j]->temperature = p->temperature;
+        total += g->G;
+    }
+    s_seq_t *seqs = ap_malloc((size_t)AP_MAX(total, 1) * sizeof *seqs);
+    int ns = 0, max_n = 0;
+    for (int j = 0; j < n; j++) {
+        const ap_group_t *g = groups[j];
+        for (int i = 0; i < g->G; i++) {
+            int P, L = g->offset[i + 1] - g->offset[i];
+            s_prefix(g, i, params[j]->kind, &P);
+            if (P == 0 || P + L - 1 > mc->max_positions) { /* h = 0, or cannot be scored */
+                out[j]->present[i] = 0;
+                st.skipped++;
+                st.too_long += P > 0;
+                continue;
+            }
+            if (L == 0) continue; /* nothing to score */
+            seqs[ns++] = (s_seq_t){.j = j, .i = i, .P = P, .L = L, .n = P + L - 1};
+            max_n = AP_MAX(max_n, P + L - 1);
+        }
+    }
+    qsort(seqs, (size_t)ns, sizeof *seqs, s_cmp_seq);
+    /* the most rows a batch can have: budget / the shortest sequence, at most all of them */
+    int max_B = AP_MIN(AP_MAX(1, max_batch_tokens / (ns ? seqs[ns - 1].n : 1)), AP_MAX(ns, 1));
+    int32_t *tok = ap_malloc((size_t)AP_MAX(max_batch_tokens, max_n) * sizeof *tok);
+    int *lens = ap_malloc((size_t)max_B * sizeof *lens);
+    int32_t *scratch = ap_malloc((size_t)V * sizeof *scratch);
+    int rc = 0;
+    for (int s0 = 0; s0 < ns && rc == 0;) {
+        int T = seqs[s0].n, B = 1; /* the first is the longest of the batch */
+        while (s0 + B < ns && B < max_B && (long)(B + 1) * T <= max_batch_tokens)
+            B++;
+        memset(tok, 0, (size_t)B * T * sizeof *tok);
+        for (int b = 0; b < B; b++) {
+            const s_seq_t *q = &seqs[s0 + b];
+            const ap_group_t *g = groups[q->j];
+            int P;
+            const int32_t *pre = s_prefix(g, q->i, params[q->j]->kind, &P);
+            memcpy(tok + (size_t)b * T, pre, (size_t)P * sizeof *tok);
+            memcpy(tok + (size_t)b * T + P, g->tokens + g->offset[q->i],
+                   (size_t)(q->L - 1) * sizeof *tok);
+            lens[b] = q->n;
+        }
+        const float *logits = ap_model_forward(m, tok, lens, B, T);
+        if (!logits) {
+            rc = ap_err("teacher scoring: %s", ap_errmsg());
+            break;
+        }
+        st.passes++;
+        st.padded_tokens += (long)B * T;
+        for (int b = 0; b < B; b++) {
+            const s_seq_t *q = &seqs[s0 + b];
+            const ap_group_t *g = groups[q->j];
+            ap_scores_t *s = out[q->j];
+            for (int t = 0; t < q->L; t++) {
+                int pos = g->offset[q->i] + t;
+                const float *z = logits + ((size_t)b * T + (size_t)(q->P - 1 + t)) * V;
+                s_position(z, V, g->tokens[pos], params[q->j], &s->sampled[pos],
+                           s->ids ? s->ids + (size_t)pos * s->K : NULL,
+                           s->logprobs + (size_t)pos * s->K, scratch);
+            }
+            st.sequences++;
+            st.tokens += q->L;
+        }
+        s0 += B;
+    }
+    free(scratch), free(lens), free(tok), free(seqs);
+    if (rc < 0) {
+        for (int j = 0; j < n; j++)
+            ap_scores_destroy(&out[j]);
+        return -1;
+    }
+    if (stats) {
+        stats->sequences += st.sequences, stats->tokens += st.tokens;
+        stats->skipped += st.skipped, stats->too_long += st.too_long;
+        stats->passes += st.passes, stats->padded_tokens += st.padded_tokens;
+    }
+    return 0;
+}
+
+ap_scores_t *ap_teacher_score(ap_model_t *m, const ap_group_t *g, const ap_teacher_params_t *p,
+                              ap_version_t version) {
+    ap_scores_t *s = NULL;
+    const ap_group_t *gs[1] = {g};
+    const ap_teacher_params_t *ps[1] = {p};
+    return ap_teacher_score_many(m, 1, gs, ps, version, 4096, &s, NULL) == 0 ? s : NULL;
+}
+
+/* ---------------------------------------------------------------- simulated scores */
+
+ap_scores_t *ap_teacher_simulate(const ap_group_t *g, const ap_teacher_params_t *p, int vocab_size,
+                                 ap_version_t version, ap_rng_t *rng) {
+    const int V = vocab_size;
+    AP_ASSERT(V >= 1 && (p->full || p->top_k <= V));
+    int K = p->full ? V : AP_MAX(p->top_k, 0);
+    ap_scores_t *s = ap_scores_new(g->G, g->offset, K, p->full, V);
+    s->group_id = g->id;
+    s->kind = p->kind;
+    s->version = version;
+    s->temperature = p->temperature;
+    for (int i = 0; i < g->G; i++)
+        if (p->kind == AP_TEACHER_SELF && !ap_group_has_ctx(g, i)) s->present[i] = 0;
+    const int stride = K > 0 ? AP_MAX(1, V / K) : 1;
+    for (int i = 0; i < g->G; i++) {
+        if (!s->present[i]) continue; /* absent: positions stay 0 */
+        for (int t = g->offset[i]; t < g->offset[i + 1]; t++) {
+            s->sampled[t] = -5.0f * (float)ap_rng_uniform(rng);
+            float *lp = s->logprobs + (size_t)t * K;
+            if (p->full) { /* a random softmax: logits ~ 2 N(0, 1) */
+                double mx = -1e30, sum = 0;
+                for (int v = 0; v < V; v++) {
+                    lp[v] = 2.0f * (float)ap_rng_normal(rng);
+                    mx = lp[v] > mx ? lp[v] : mx;
+                }
+                for (int v = 0; v < V; v++)
+                    sum += exp(lp[v] - mx);
+                float lse = (float)(mx + log(sum));
+                for (int v = 0; v < V; v++)
+                    lp[v] = AP_MIN(lp[v] - lse, 0.0f);
+            } else if (K > 0) { /* K distinct ids, probabilities 0.2..0.4 halving: sum < 0.8 */
+                int32_t *ids = s->ids + (size_t)t * K, base = (int32_t)ap_rng_below(rng, (uint64_t)V);
+                float top = logf(0.2f + 0.2f * (float)ap_rng_uniform(rng));
+                for (int k = 0; k < K; k++) {
+                    ids[k] = (int32_t)((base + (int64_t)k * stride) % V);
+                    lp[k] = top - 0.6931472f * (float)k;
+                }
+            }
+        }
+    }
+    return s;
+}
+
+/* ---------------------------------------------------------------- vocabulary */
+
+int ap_teacher_check_vocab(const char *teacher_dir, const char *student_dir, int model_vocab,
+                           int *V, uint64_t *hash) {
+    ap_tokenizer_t *st = ap_tokenizer_load_dir(student_dir);
+    if (!st) return ap_err("student vocabulary: %s", ap_errmsg());
+    ap_tokenizer_t *tt = strcmp(teacher_dir, student_dir) ? ap_tokenizer_load_dir(teacher_dir) : st;
+    int rc = 0;
+    if (!tt) {
+        rc = ap_err("teacher vocabulary: %s", ap_errmsg());
+    } else if (tt != st && ap_tokenizer_check_same(st, student_dir, tt, teacher_dir) < 0) {
+        rc = ap_err("the teacher must share the student's tokenizer: %s", ap_errmsg());
+    } else if (model_vocab > 0 && model_vocab != ap_tokenizer_vocab_size(st)) {
+        rc = ap_err("the model in %s has vocab_size %d but its vocabulary (%s/%s) has %d tokens",
+                    teacher_dir, model_vocab, teacher_dir, AP_VOCAB_FILE,
+                    ap_tokenizer_vocab_size(st));
+    }
+    if (rc == 0) {
+        if (V) *V = ap_tokenizer_vocab_size(st);
+        if (hash) *hash = ap_tokenizer_hash(st);
+    }
+    if (tt && tt != st) ap_tokenizer_destroy(&tt);
+    ap_tokenizer_destroy(&st);
+    return rc;
+}
