@@ -52,7 +52,7 @@ static inline int fx_student(const char *dir, uint64_t seed) {
  * (NULL-terminated list). */
 static inline ap_config_t *fx_config(const char *student, ...) {
     ap_config_t *c = ap_config_new();
-    char buf[512];
+    char buf[1024];
     snprintf(buf, sizeof buf, "model.student=%s", student);
     const char *base[] = {buf,
                           "sampling.max_new_tokens=8",
