@@ -95,6 +95,14 @@ def sgemm_peak(threads, reps=10):
 
 
 def rss_mb():
+    """Peak RSS of this process in MiB (VmHWM; cumulative over the workloads of one run)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
