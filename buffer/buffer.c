@@ -633,11 +633,14 @@ static void s_on_scores(ap_buffer_t *b, s_peer_t *t, ap_scores_t **sp) {
 
 static void s_take_group(ap_buffer_t *b, s_peer_t *a, ap_group_t *g, uint64_t seq) {
     a->ack_seq = seq;
-    if (a->credit > 0) s_credit_add(b, a, -1);
-    else b->st.over_credit++;
-    /* the credit comes back when there is room, except an on-policy actor's in sync mode
-     * (there the next batch decides what is granted) */
-    if (!(b->sync && a->src == S_ON)) s_owed_add(b, a, 1);
+    if (a->credit > 0) {
+        s_credit_add(b, a, -1);
+        /* the credit comes back when there is room, except an on-policy actor's in sync mode
+         * (there the next batch decides what is granted) */
+        if (!(b->sync && a->src == S_ON)) s_owed_add(b, a, 1);
+    } else {
+        b->st.over_credit++; /* taken, but earns no credit back */
+    }
     int src = g->source;
     b->st.groups_in++;
     b->st.groups_in_source[src]++;
