@@ -182,6 +182,21 @@ int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
         out[j]->temperature = p->temperature;
         total += g->G;
     }
+    for (int j = 0; j < n; j++) { /* every id the model or the signals index must be < V */
+        const ap_group_t *g = groups[j];
+        const int32_t *arr[3] = {g->prompt, g->tokens, g->ctx_tokens};
+        const int cnt[3] = {g->n_prompt, g->n_tokens, g->n_ctx};
+        for (int a = 0; a < 3; a++)
+            for (int i = 0; i < cnt[a]; i++)
+                if (arr[a][i] < 0 || arr[a][i] >= V) {
+                    for (int k = 0; k < n; k++)
+                        ap_scores_destroy(&out[k]);
+                    return ap_err("teacher scoring: group %llu: %s[%d] = %d outside [0, %d)",
+                                  (unsigned long long)g->id,
+                                  a == 0 ? "prompt" : a == 1 ? "tokens" : "ctx_tokens", i,
+                                  arr[a][i], V);
+                }
+    }
     s_seq_t *seqs = ap_malloc((size_t)AP_MAX(total, 1) * sizeof *seqs);
     int ns = 0, max_n = 0;
     for (int j = 0; j < n; j++) {
