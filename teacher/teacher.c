@@ -281,8 +281,8 @@ static void s_on_tick(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)revents;
     ap_teacher_t *t = w->data;
     double now = ap_now();
+    s_take_weights(t); /* the loop is between passes here too */
     if (!t->hello_sent) { /* a follow_weights teacher: serve once the first version is here */
-        s_take_weights(t);
         if (t->st.versions > 0) s_hello(t);
     } else if (now - t->last_recv > 3 * t->hb) {
         ap_log(AP_LOG_WARN, "%s: the buffer is silent for %.1f s: HELLO again", t->name,
