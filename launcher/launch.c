@@ -354,13 +354,13 @@ int ap_cmd_launch(int argc, char **argv) {
         s_stop(&L, "a role could not be started");
     }
     ev_run(loop, 0);
-    ap_gather_poll(L.gather);
+    s_event(&L, L.failed ? "failed" : L.finished ? "finished" : "stopped");
+    ap_gather_poll(L.gather); /* the last records of every process, this event included */
     s_print_progress(&L, 1);
     const ap_progress_t *p = ap_gather_progress(L.gather);
     fprintf(stderr, "apprentice launch: %s at learner step %ld; metrics %s/metrics.jsonl\n",
             L.failed ? "failed" : L.finished ? "finished" : "stopped", p->step < 0 ? 0 : p->step,
             L.dir);
-    s_event(&L, L.failed ? "failed" : L.finished ? "finished" : "stopped");
     ap_sup_destroy(&L.sup);
     ap_gather_destroy(&L.gather);
     ap_metrics_close(&L.metrics);
