@@ -7,6 +7,7 @@
 #ifndef APPRENTICE_TEST_BUFFER_FAKES_H
 #define APPRENTICE_TEST_BUFFER_FAKES_H
 
+#include <errno.h>
 #include <string.h>
 
 #include "apprentice/base.h"
@@ -40,6 +41,7 @@ typedef struct {
     double hb, last_hb;
     int resets, byes, heartbeats;
     char last_reset[AP_NAME_MAX];
+    uint64_t send_again; /* sends refused with EAGAIN */
     /* actor */
     int credit, credit_msgs;
     uint64_t seq, acked;
@@ -74,8 +76,10 @@ static inline fk_t *fk_new(ap_net_t *net, const char *endpoint, const char *name
 }
 
 static inline void fk_send(fk_t *f, const ap_msg_t *m) {
-    if (ap_sock_send(f->s, NULL, m) < 0)
-        fprintf(stderr, "fake %s: send %s: %s\n", f->name, ap_msg_type_name(m->type), ap_errmsg());
+    if (ap_sock_send(f->s, NULL, m) < 0) {
+        if (errno == EAGAIN) f->send_again++; /* no connection (refused) or a full pipe */
+        else fprintf(stderr, "fake %s: send %s: %s\n", f->name, ap_msg_type_name(m->type), ap_errmsg());
+    }
     f->last_hb = ap_now();
 }
 
