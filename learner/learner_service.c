@@ -8,9 +8,11 @@
  * learner's version; BYE at the end) and the weights server (ap_wserver: chunk pulls are served
  * while a step computes). The threads meet in a small mailbox under one mutex: a queue of
  * complete batches (I/O -> compute), and the learner's version and publication requests
- * (compute -> I/O, with an ev_async wake-up). A publication is synchronous for the compute thread
- * (ap_wserver_publish copies and hashes the arena on the I/O thread while the compute thread
- * waits: the parameters must not move during the copy); its wait is counted as transport time.
+ * (compute -> I/O, with an ev_async wake-up). A publication costs the compute thread one memcpy
+ * of the parameter arena into a staging buffer (the parameters move at the next step); the I/O
+ * thread then publishes from the stage (ap_wserver_publish: its own copy + BLAKE2b) while the
+ * next step computes. A publication still in progress makes the next one wait. The memcpy and any
+ * such wait are counted as transport time; the I/O thread's work is learner/io_s.
  *
  * Sync mode (run.sync): one batch at a time: the next BATCH_REQUEST leaves only after the step
  * and the publication of its version (published every step, whatever learner.sync_every says:
@@ -54,9 +56,12 @@ typedef struct {
     pthread_cond_t cv;
     int quit;                  /* compute -> I/O: send BYE and leave */
     int dead;                  /* the I/O thread has left */
-    int publish;               /* compute -> I/O: publish `version` now (compute waits) */
-    int publish_rc;            /* its result */
+    int publish;               /* compute -> I/O: publish `stage` as `stage_version` */
+    int publish_rc;            /* result of the last publication (-1: publish_err) */
     char publish_err[256];
+    float *stage;              /* [floats] copy of the parameters being published */
+    size_t stage_bytes;
+    ap_version_t stage_version;
     ap_version_t version;      /* the learner's version (requests, heartbeats, codec) */
     int computing;             /* sync: a batch is being computed (occupies the one slot) */
     ap_batch_t *ready[S_MAX_READY];
@@ -256,12 +261,14 @@ static void s_on_wake(struct ev_loop *loop, ev_async *w, int revents) {
     ap_learner_t *L = io->L;
     pthread_mutex_lock(&io->mu);
     ap_msg_codec_set_latest(ap_sock_codec(io->sock), io->version);
-    if (io->publish) {
-        size_t bytes;
-        const void *arena = ap_model_blob(L->model, &bytes);
-        io->publish_rc = ap_wserver_publish(io->ws, io->version, ap_model_config(L->model),
-                                            L->table_hash, arena, bytes);
-        if (io->publish_rc < 0) snprintf(io->publish_err, sizeof io->publish_err, "%s", ap_errmsg());
+    if (io->publish) { /* the compute thread does not touch the stage until publish == 0 */
+        ap_version_t v = io->stage_version;
+        pthread_mutex_unlock(&io->mu);
+        int rc = ap_wserver_publish(io->ws, v, ap_model_config(L->model), L->table_hash,
+                                    io->stage, io->stage_bytes);
+        pthread_mutex_lock(&io->mu);
+        io->publish_rc = rc;
+        if (rc < 0) snprintf(io->publish_err, sizeof io->publish_err, "%s", ap_errmsg());
         io->publish = 0;
         pthread_cond_broadcast(&io->cv);
     }
@@ -311,6 +318,7 @@ static void s_io_destroy(s_io_t *io) {
     if (io->loop) ev_loop_destroy(io->loop);
     pthread_mutex_destroy(&io->mu);
     pthread_cond_destroy(&io->cv);
+    free(io->stage);
     free(io);
 }
 
@@ -380,20 +388,37 @@ fail:
     return NULL;
 }
 
-/* Publish L->version (the I/O thread copies and hashes the arena; we wait). 0 / -1. */
+/* Wait until no publication is in progress. 0, or -1 when the last one failed. */
+static int s_publish_wait(s_io_t *io) {
+    pthread_mutex_lock(&io->mu);
+    while (io->publish && !io->dead) pthread_cond_wait(&io->cv, &io->mu);
+    int rc = io->publish && io->dead ? ap_err("learner: the I/O thread has stopped")
+             : io->publish_rc < 0    ? ap_err("learner: publish: %s", io->publish_err)
+                                     : 0;
+    io->publish_rc = 0;
+    pthread_mutex_unlock(&io->mu);
+    return rc;
+}
+
+/* Publish L->version: stage a copy of the parameters; the I/O thread does the rest. 0 / -1 (the
+ * previous publication failed). */
 static int s_publish(s_io_t *io) {
+    if (s_publish_wait(io) < 0) return -1;
+    size_t bytes;
+    const void *arena = ap_model_blob(io->L->model, &bytes);
+    if (bytes != io->stage_bytes) {
+        free(io->stage);
+        io->stage = ap_alloc_aligned(bytes);
+        io->stage_bytes = bytes;
+    }
+    memcpy(io->stage, arena, bytes);
     pthread_mutex_lock(&io->mu);
     io->version = io->L->version;
+    io->stage_version = io->L->version;
     io->publish = 1;
     pthread_mutex_unlock(&io->mu);
     ev_async_send(io->loop, &io->wake);
-    pthread_mutex_lock(&io->mu);
-    while (io->publish && !io->dead) pthread_cond_wait(&io->cv, &io->mu);
-    int rc = io->dead && io->publish ? ap_err("learner: the I/O thread has stopped")
-             : io->publish_rc < 0    ? ap_err("learner: publish: %s", io->publish_err)
-                                     : 0;
-    pthread_mutex_unlock(&io->mu);
-    return rc;
+    return 0;
 }
 
 /* The next complete batch, waiting up to `timeout` seconds (NULL: none yet). */
@@ -511,6 +536,7 @@ int ap_learner_run(ap_learner_t *L) {
                         (unsigned long long)L->version.step, why);
     if (rc == 0 && ap_version_cmp(published, L->version) != 0 && s_publish(io) < 0)
         ap_log(AP_LOG_WARN, "learner: final publish: %s", ap_errmsg());
+    if (s_publish_wait(io) < 0) ap_log(AP_LOG_WARN, "%s", ap_errmsg());
     pthread_mutex_lock(&io->mu);
     long received = io->received, resets = io->resets, late = io->late, bad = io->bad_parts;
     pthread_mutex_unlock(&io->mu);
