@@ -193,6 +193,16 @@ ap_sft_t *ap_sft_new(ap_config_t *cfg, int flags) {
         if (ap_model_load_state(s->model, latest, &s->rng, &user) < 0) goto fail;
         if (s_restore(s, latest, user) < 0) goto fail;
         s->resumed_from = s->last_ckpt = ap_model_step_count(s->model);
+        const ap_model_config_t *rc = ap_model_config(s->model);
+        if (!sc->init[0] &&
+            (rc->hidden_size != sc->hidden_size || rc->intermediate_size != sc->intermediate_size ||
+             rc->num_layers != sc->num_layers || rc->num_heads != sc->num_heads ||
+             rc->num_kv_heads != sc->num_kv_heads || rc->max_positions != sc->max_positions))
+            ap_log(AP_LOG_WARN,
+                   "sft: %s has another architecture than the sft.* keys (D %d, F %d, L %d, H %d, "
+                   "KV %d, positions %d): continuing with the checkpoint's",
+                   latest, rc->hidden_size, rc->intermediate_size, rc->num_layers, rc->num_heads,
+                   rc->num_kv_heads, rc->max_positions);
     } else if (sc->init[0]) {
         if (!(s->model = ap_model_load(sc->init))) goto fail;
         if (!(s->tok = ap_tokenizer_load_dir(sc->init))) {
