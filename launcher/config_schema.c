@@ -86,6 +86,7 @@ static const cyaml_schema_field_t s_teacher[] = {
     F_INT("full_vocab_max", ap_teacher_cfg_t, full_vocab_max),
     F_ENUM("self_weights", ap_teacher_cfg_t, self_weights, s_self_weights),
     F_INT("max_batch_tokens", ap_teacher_cfg_t, max_batch_tokens),
+    F_BOOL("simulate", ap_teacher_cfg_t, simulate),
     CYAML_FIELD_END};
 
 static const cyaml_strval_t s_dataset_sources[] = {{"gold", AP_DATASET_GOLD},
@@ -98,6 +99,7 @@ static const cyaml_schema_field_t s_actors[] = {
     F_INT("eval_every", ap_actors_cfg_t, eval_every),
     F_INT("eval_size", ap_actors_cfg_t, eval_size),
     F_INT("pass_k", ap_actors_cfg_t, pass_k),
+    F_BOOL("simulate", ap_actors_cfg_t, simulate),
     CYAML_FIELD_END};
 
 static const cyaml_schema_field_t s_endpoints[] = {

@@ -317,7 +317,7 @@ int ap_cmd_launch(int argc, char **argv) {
     char *env[] = {blas, "OMP_NUM_THREADS=1", NULL};
     fprintf(stderr, "apprentice launch: run directory %s\n", L.dir);
     for (int i = 0; i < np; i++) {
-        char id[16], *args[10];
+        char id[16], *args[12];
         snprintf(id, sizeof id, "%d", plan[i].id);
         int k = 0;
         args[k++] = L.self_exe;
@@ -330,6 +330,10 @@ int ap_cmd_launch(int argc, char **argv) {
             args[k++] = !strcmp(plan[i].role, "teacher") ? "--kind" : "--mode";
             args[k++] = plan[i].arg;
         }
+        int teacher = !strcmp(plan[i].role, "teacher");
+        int sampler = !strcmp(plan[i].role, "actor") && strcmp(plan[i].arg, "eval");
+        if ((teacher && cfg->teacher.simulate) || (sampler && cfg->actors.simulate))
+            args[k++] = "--simulate";
         args[k] = NULL;
         char *log = ap_sprintf("%s/logs/%s.log", L.dir, plan[i].name);
         ap_sup_add(L.sup, plan[i].name, args, log, env);

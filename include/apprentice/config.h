@@ -107,6 +107,7 @@ typedef struct {
     int full_vocab_max;  /* V at most this: full log-probs are sent */
     int self_weights;    /* ap_self_weights_t: initial (frozen start) or current */
     int max_batch_tokens;/* scoring batch size in tokens */
+    bool simulate;       /* benchmarks: random valid scores, no model */
 } ap_teacher_cfg_t;
 
 typedef enum { AP_DATASET_GOLD = 0, AP_DATASET_TEACHER = 1 } ap_dataset_source_t;
@@ -119,6 +120,7 @@ typedef struct {
     int eval_every;      /* evaluate every N policy versions */
     int eval_size;       /* held-out prompts per evaluation */
     int pass_k;          /* k of pass@k (sampled at sampling.temperature) */
+    bool simulate;       /* benchmarks: student/dataset actors emit random groups, no model */
 } ap_actors_cfg_t;
 
 typedef struct {
