@@ -73,6 +73,11 @@ void ap_pack(float *packed, const float *w, int in, int out) {
         }
 }
 
+/* Software prefetch distance in panel rows (64 bytes each): 2 KB ahead. The weights of a decode
+ * step are rarely cache-resident; measured +10-55% at 16 rows on cold weights. (The one-row
+ * kernel's four streams are prefetched well by the hardware; adding it there was slower.) */
+enum { S_PREFETCH = 32 };
+
 /* NR rows (a compile-time constant once inlined): NR vector accumulators per panel, one panel
  * load and NR broadcast FMAs per input element. xt is x transposed, [in][NR], zero-padded. */
 static inline __attribute__((always_inline)) void
@@ -85,6 +90,7 @@ s_packed_rows(float *y, int accumulate, const float *xt, const float *packed, in
         for (int r = 0; r < NR; r++) acc[r] = (s_v16){0};
         for (int i = 0; i < in; i++) {
             s_v16 w;
+            __builtin_prefetch(pp + (size_t)(i + S_PREFETCH) * AP_PACK_LANES);
             memcpy(&w, pp + (size_t)i * AP_PACK_LANES, sizeof w);
             const float *xi = xt + (size_t)i * NR;
 #pragma GCC unroll 16

@@ -9,10 +9,11 @@
  * to identical prompts), then decodes one token per active sequence per step, compacting the
  * active set as sequences finish.
  *
- * Cache layout, per layer and slot, per key/value head g: keys transposed, kt [hd][max_len], and
- * values v [max_len][hd]. A query's scores are then hd contiguous axpy passes over the keys
- * (sc[0..n) += q[i] * kt[i][0..n)) and its output n axpys over value rows: every inner loop
- * is vectorised, with no horizontal reduction per key. Scratch is sized for kv->R rows. */
+ * Cache layout, per layer and slot, per key/value head g: keys in tiles of 16 positions, each
+ * tile transposed, kt [ml/16][hd][16], and values v [ml][hd]. Decoding reads more cache bytes
+ * than it does arithmetic on them, so both passes walk memory sequentially: a query's scores
+ * take one contiguous tile per 16 keys (16 lanes in registers, no horizontal reduction per
+ * key), its output one value row per key. Scratch is sized for kv->R rows. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,9 @@
 struct ap_kv {
     const ap_model_t *m;
     int S, maxlen, R; /* slots, positions per slot, rows per chunk */
-    int ml;           /* maxlen rounded up to 16: row length of transposed keys */
+    int ml;           /* maxlen rounded up to a whole key tile (16) */
     int *len;         /* [S] positions cached */
-    float *kt, *v;    /* [L, S, KV, hd, ml] keys transposed; [L, S, KV, ml, hd] values */
+    float *kt, *v;    /* [L, S, KV, ml/16, hd, 16] key tiles; [L, S, KV, ml, hd] values */
     /* per-chunk scratch, R rows */
     int *slot, *pos;                     /* [R] */
     float *x, *a, *rstd, *qkv, *ao, *gu, *act, *sc; /* sc: [ml] attention scores */
@@ -51,7 +52,7 @@ enum { S_PACK_MIN_ROWS = 1 }; /* rows from which the packed weights beat OpenBLA
 
 static size_t s_kvd(const ap_model_t *m) { return (size_t)m->KV * m->hd; }
 
-/* Start of (layer l, slot, kv head g) in kt or v: a [hd, ml] or [ml, hd] block. */
+/* Start of (layer l, slot, kv head g) in kt or v: hd * ml floats either way. */
 static float *s_block(const ap_kv_t *kv, float *base, int l, int slot, int g) {
     const ap_model_t *m = kv->m;
     return base + (((size_t)l * kv->S + slot) * m->KV + g) * m->hd * kv->ml;
@@ -111,30 +112,36 @@ int ap_kv_max_seqs(const ap_kv_t *kv) { return kv->S; }
 int ap_kv_max_len(const ap_kv_t *kv) { return kv->maxlen; }
 
 /* One row's attention, all heads: q [H*hd] at position pos of `slot` over cache[0..pos].
- * Both passes walk the cache sequentially (prefetch-friendly; decoding reads more KV-cache
- * bytes than it does arithmetic on them): scores take four transposed key rows per pass over
- * sc[0..n), the output one value row per step. */
+ * Scores: per key tile, four interleaved accumulators of 16 lanes over the head dims; the last
+ * tile's lanes past pos read finite stale (or zeroed) entries and are ignored. */
 static void s_attend(const ap_kv_t *kv, float *out, const float *q, int l, int slot, int pos) {
     const ap_model_t *m = kv->m;
-    int hd = m->hd, group = m->H / m->KV, n = pos + 1, ml = kv->ml;
+    int hd = m->hd, group = m->H / m->KV, n = pos + 1;
     float scale = 1.0f / sqrtf((float)hd), *sc = kv->sc;
     for (int h = 0; h < m->H; h++) {
         const float *qh = q + (size_t)h * hd, *Kt = s_block(kv, kv->kt, l, slot, h / group),
                     *V = s_block(kv, kv->v, l, slot, h / group);
-        memset(sc, 0, (size_t)n * sizeof *sc);
-        int i = 0;
-        for (; i + 4 <= hd; i += 4) { /* sc += K[:, i..i+4) q[i..i+4) */
-            const float *k0 = Kt + (size_t)i * ml, *k1 = k0 + ml, *k2 = k1 + ml, *k3 = k2 + ml;
-            float q0 = qh[i] * scale, q1 = qh[i + 1] * scale, q2 = qh[i + 2] * scale,
-                  q3 = qh[i + 3] * scale;
+        for (int j0 = 0; j0 < n; j0 += S_LANES) { /* sc[j0..j0+16) = tile . q */
+            const float *kb = Kt + (size_t)j0 * hd;
+            float a0[S_LANES] = {0}, a1[S_LANES] = {0}, a2[S_LANES] = {0}, a3[S_LANES] = {0};
+            int i = 0;
+            for (; i + 4 <= hd; i += 4) {
+                const float *k0 = kb + (size_t)i * S_LANES;
+                float q0 = qh[i], q1 = qh[i + 1], q2 = qh[i + 2], q3 = qh[i + 3];
 #pragma omp simd
-            for (int j = 0; j < n; j++) sc[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j];
-        }
-        for (; i < hd; i++) {
-            const float *k0 = Kt + (size_t)i * ml;
-            float q0 = qh[i] * scale;
+                for (int jj = 0; jj < S_LANES; jj++) {
+                    a0[jj] += q0 * k0[jj];
+                    a1[jj] += q1 * k0[S_LANES + jj];
+                    a2[jj] += q2 * k0[2 * S_LANES + jj];
+                    a3[jj] += q3 * k0[3 * S_LANES + jj];
+                }
+            }
+            for (; i < hd; i++) {
 #pragma omp simd
-            for (int j = 0; j < n; j++) sc[j] += q0 * k0[j];
+                for (int jj = 0; jj < S_LANES; jj++) a0[jj] += qh[i] * kb[(size_t)i * S_LANES + jj];
+            }
+#pragma omp simd
+            for (int jj = 0; jj < S_LANES; jj++) sc[j0 + jj] = ((a0[jj] + a1[jj]) + (a2[jj] + a3[jj])) * scale;
         }
         float mx = -INFINITY, sum = 0.0f;
 #pragma omp simd reduction(max : mx)
@@ -158,13 +165,13 @@ static void s_attend(const ap_kv_t *kv, float *out, const float *q, int l, int s
 /* Copy positions [0, len) of every layer's cache from slot `src` to slot `dst`. */
 static void s_copy_slot(ap_kv_t *kv, int dst, int src, int len) {
     const ap_model_t *m = kv->m;
+    size_t tiles = (size_t)(len + S_LANES - 1) / S_LANES * S_LANES; /* whole key tiles */
     for (int l = 0; l < m->L; l++)
         for (int g = 0; g < m->KV; g++) {
-            const float *ks = s_block(kv, kv->kt, l, src, g), *vs = s_block(kv, kv->v, l, src, g);
-            float *kd = s_block(kv, kv->kt, l, dst, g), *vd = s_block(kv, kv->v, l, dst, g);
-            for (int i = 0; i < m->hd; i++)
-                memcpy(kd + (size_t)i * kv->ml, ks + (size_t)i * kv->ml, (size_t)len * sizeof(float));
-            memcpy(vd, vs, (size_t)len * m->hd * sizeof(float));
+            memcpy(s_block(kv, kv->kt, l, dst, g), s_block(kv, kv->kt, l, src, g),
+                   tiles * m->hd * sizeof(float));
+            memcpy(s_block(kv, kv->v, l, dst, g), s_block(kv, kv->v, l, src, g),
+                   (size_t)len * m->hd * sizeof(float));
         }
 }
 
@@ -240,8 +247,9 @@ static void s_chunk(ap_kv_t *kv, float *logits, const int *slots, const int32_t 
             ap_rope(row, m->H + m->KV, hd, m->rope_cos + (size_t)p * half, m->rope_sin + (size_t)p * half, 1);
             for (int g = 0; g < m->KV; g++) {
                 const float *k = row + D + (size_t)g * hd;
-                float *kt = s_block(kv, kv->kt, l, kv->slot[r], g) + p;
-                for (int i = 0; i < hd; i++) kt[(size_t)i * kv->ml] = k[i];
+                float *kt = s_block(kv, kv->kt, l, kv->slot[r], g) + (size_t)(p / S_LANES) * hd * S_LANES +
+                            p % S_LANES; /* tile p / 16, lane p % 16 */
+                for (int i = 0; i < hd; i++) kt[(size_t)i * S_LANES] = k[i];
                 memcpy(s_block(kv, kv->v, l, kv->slot[r], g) + (size_t)p * hd, row + D + kvd + (size_t)g * hd,
                        (size_t)hd * sizeof(float));
             }
