@@ -10,4 +10,3 @@ static int s_pending(const char *name) {
 }
 
 int ap_bench_buffer(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
-int ap_bench_pipeline(int argc, char **argv) { (void)argc; return s_pending(argv[0]); }
