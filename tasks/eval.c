@@ -113,6 +113,10 @@ int ap_eval_count(const ap_eval_t *e) {
     return e->n;
 }
 
+int ap_eval_max_prompt_len(const ap_eval_t *e) {
+    return e->max_prompt;
+}
+
 void ap_eval_set_callback(ap_eval_t *e, ap_eval_example_fn fn, void *user) {
     e->fn = fn;
     e->user = user;

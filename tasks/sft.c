@@ -143,6 +143,8 @@ static ap_model_t *s_new_model(const ap_sft_cfg_t *sc, int V, uint64_t seed) {
     return ap_model_new(&mc, seed);
 }
 
+/* The held-out evaluators (student prompt; privileged context when the task has a template).
+ * A prompt with no room for a completion is refused now rather than at the first evaluation. */
 static int s_setup_eval(ap_sft_t *s) {
     if (ap_task_heldout_count(s->task) == 0) return 0;
     ap_eval_opts_t o;
@@ -153,6 +155,13 @@ static int s_setup_eval(ap_sft_t *s) {
         o.privileged = 1;
         if (!(s->eval_priv = ap_eval_new(s->task, s->tok, &o))) return -1;
     }
+    int longest = AP_MAX(ap_eval_max_prompt_len(s->eval),
+                         s->eval_priv ? ap_eval_max_prompt_len(s->eval_priv) : 0);
+    int positions = ap_model_config(s->model)->max_positions;
+    if (longest >= positions)
+        return ap_err("sft: a held-out prompt (privileged context included) has %d tokens: no room "
+                      "for a completion within the model's %d positions (sft.max_positions)",
+                      longest, positions);
     return 0;
 }
 
@@ -204,6 +213,10 @@ ap_sft_t *ap_sft_new(ap_config_t *cfg, int flags) {
                    latest, rc->hidden_size, rc->intermediate_size, rc->num_layers, rc->num_heads,
                    rc->num_kv_heads, rc->max_positions);
     } else if (sc->init[0]) {
+        if (!ap_path_exists(sc->init)) {
+            ap_err("sft.init: %s: no such model directory", sc->init);
+            goto fail;
+        }
         if (!(s->model = ap_model_load(sc->init))) goto fail;
         if (!(s->tok = ap_tokenizer_load_dir(sc->init))) {
             ap_err("sft.init: %s (a model directory needs its vocab.json)", ap_errmsg());
@@ -233,6 +246,10 @@ ap_sft_t *ap_sft_new(ap_config_t *cfg, int flags) {
         goto fail;
     }
     if (sc->data == AP_SFT_DATA_TEACHER) {
+        if (!ap_path_exists(sc->teacher)) {
+            ap_err("sft.teacher: %s: no such model directory", sc->teacher);
+            goto fail;
+        }
         if (!(s->teacher = ap_model_load(sc->teacher))) goto fail;
         ap_tokenizer_t *tt = ap_tokenizer_load_dir(sc->teacher);
         int same =

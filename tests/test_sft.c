@@ -244,7 +244,8 @@ static void test_bad_inputs(void) {
         const char *want; /* expected in the message */
     } cases[] = {
         {"sft.out=", "sft.out"},
-        {"sft.init=/nonexistent/model", "/nonexistent/model"},
+        {"sft.init=/nonexistent/model", "sft.init: /nonexistent/model: no such model directory"},
+        {"sft.max_positions=12", "sft.max_positions"},
         {"sft.data=dataset", "task.kind: dataset"},
         {"sft.data=teacher_samples", "sft.teacher"},
         {"sft.hidden_size=30", "sft"}, /* D not divisible by H */

@@ -93,6 +93,8 @@ void ap_eval_destroy(ap_eval_t **e);
 
 /* Examples a run evaluates. */
 int ap_eval_count(const ap_eval_t *e);
+/* Tokens of the longest encoded prompt (<bos> included). */
+int ap_eval_max_prompt_len(const ap_eval_t *e);
 /* Greedy completions go to fn (NULL: none). */
 void ap_eval_set_callback(ap_eval_t *e, ap_eval_example_fn fn, void *user);
 
