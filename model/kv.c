@@ -59,9 +59,12 @@ static float *s_block(const ap_kv_t *kv, float *base, int l, int slot, int g) {
 }
 
 ap_kv_t *ap_kv_new(const ap_model_t *m, int max_seqs, int max_len) {
-    AP_ASSERT(max_seqs >= 1 && max_len >= 1);
-    AP_ASSERTF(max_len <= m->cfg.max_positions, "KV cache of %d positions > max_positions %d",
-               max_len, m->cfg.max_positions);
+    if (max_seqs < 1 || max_len < 1 || max_len > m->cfg.max_positions) {
+        ap_err("KV cache: %d sequences of %d positions (need >= 1 and positions <= the model's "
+               "max_position_embeddings %d)",
+               max_seqs, max_len, m->cfg.max_positions);
+        return NULL;
+    }
     ap_kv_t *kv = ap_calloc(1, sizeof *kv);
     kv->m = m;
     kv->S = max_seqs, kv->maxlen = max_len;

@@ -98,6 +98,8 @@ static void s_mixed(int tied) {
     AP_CHECK(ap_kv_len(kv, 0) == lens[0] && ap_kv_len(kv, 2) == lens[2], "refused rows not fed");
     ap_kv_destroy(&kv);
     AP_CHECK(kv == NULL, "destroy NULLs");
+    AP_CHECK(ap_kv_new(m, 2, 17) == NULL && strstr(ap_errmsg(), "max_position_embeddings"),
+             "a cache longer than the model's positions is refused: %s", ap_errmsg());
     free(full), free(lg);
     ap_model_destroy(&m);
 }

@@ -64,10 +64,14 @@ typedef struct {
     ap_finish_t finish;
 } ap_completion_t;
 
-/* A KV cache for up to max_seqs sequences ("slots") of up to max_len positions each
- * (max_len <= max_position_embeddings), over a borrowed model that must outlive it. The
- * weights it reads are the model's current ones (ap_model_set_blob between calls is fine; the
- * cache content then belongs to the old weights: ap_kv_clear). */
+/* A KV cache for up to max_seqs sequences ("slots") of up to max_len positions each, over a
+ * borrowed model that must outlive it; NULL with ap_err when max_len exceeds the model's
+ * max_position_embeddings (or a size is < 1). It always computes with the model's current
+ * weights: after ap_model_set_blob / ap_model_step / a write through ap_model_params it
+ * re-derives its packed copy of them on next use (ap_generate clears the cache itself; with
+ * ap_kv_forward, ap_kv_clear what belongs to the old weights).
+ * Memory: the cache, 2 * L * max_seqs * max_len * KV*hd floats, plus one packed copy of the
+ * projection weights (about the parameter count) used for few-row products (blas.h). */
 typedef struct ap_kv ap_kv_t;
 ap_kv_t *ap_kv_new(const ap_model_t *m, int max_seqs, int max_len);
 void ap_kv_destroy(ap_kv_t **kv);
