@@ -504,6 +504,16 @@ int ap_learner_step_core(ap_learner_t *L, const ap_batch_t *b, ap_learner_step_t
         s_skip(L, st, AP_LEARNER_SKIP_NONFINITE, "loss or gradient not finite");
         goto done;
     }
+    if (L->before_update) {
+        t = ap_now();
+        int brc = L->before_update(L->before_update_data);
+        double dt = ap_now() - t;
+        st->publish_seconds += dt, st->transport_seconds += dt;
+        if (brc < 0) {
+            rc = -1;
+            goto done;
+        }
+    }
     t = ap_now();
     st->grad_norm = ap_model_step(L->model, &L->opt, st->lr);
     st->fb_seconds += ap_now() - t;
@@ -558,12 +568,20 @@ static void s_add_metrics(ap_learner_t *L, const ap_learner_step_t *st) {
     ap_metrics_add(m, "learner/forward_backward_s", st->fb_seconds);
     ap_metrics_add(m, "learner/objectives_s", st->obj_seconds);
     ap_metrics_add(m, "learner/transport_s", st->transport_seconds);
+    ap_metrics_add(m, "learner/convert_s", st->transport_seconds - st->publish_seconds);
+    if (L->net) ap_metrics_add(m, "learner/publish_s", st->publish_seconds);
     if (st->seconds > 0) {
         ap_metrics_add(m, "learner/objectives_frac", st->obj_seconds / st->seconds);
         ap_metrics_add(m, "learner/transport_frac", st->transport_seconds / st->seconds);
         ap_metrics_add(m, "learner/tokens_per_s", st->tokens / st->seconds);
     }
-    if (L->net) ap_metrics_add(m, "learner/io_s", L->io_acc);
+    if (L->net) {
+        ap_metrics_add(m, "learner/io_s", L->io_acc);
+        ap_metrics_add(m, "learner/batches_received", L->io_received);
+        ap_metrics_add(m, "learner/resets", L->io_resets);
+        ap_metrics_add(m, "learner/late_parts", L->io_late);
+        ap_metrics_add(m, "learner/bad_parts", L->io_bad);
+    }
     ap_metrics_add(m, "learner/trajectories", st->N);
     ap_metrics_add(m, "learner/tokens", (double)st->tokens);
     ap_metrics_add(m, "learner/version_gen", L->version.gen);

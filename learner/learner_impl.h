@@ -54,7 +54,13 @@ struct ap_learner {
     double busy_acc;        /* compute seconds since then */
     double wait_acc;        /* seconds waiting for a batch since then */
     double io_acc;          /* I/O thread busy seconds since then (service) */
+    long io_received, io_resets, io_late, io_bad; /* service: batches, RESETs, parts dropped */
     ap_ratelimit_t rl;      /* skipped-batch warnings */
+
+    /* called before every optimizer update (the service: wait until the weights being published
+     * have been copied); -1 aborts the step with an error */
+    int (*before_update)(void *data);
+    void *before_update_data;
 
     /* stop requests */
     atomic_int stop;

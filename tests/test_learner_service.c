@@ -2,13 +2,15 @@
  * weights client, all over inproc:// in one process:
  *   1. async: HELLO (vocabulary), exactly learner.prefetch requests in flight and never more,
  *      batches sent in two parts out of order are reassembled, a part for an unknown request is
- *      dropped, RESET -> HELLO again and fresh requests, heartbeats with the version, weights
+ *      dropped, a request whose parts disagree is given up and replaced, RESET -> HELLO again
+ *      and fresh requests (the learner's counters report each), heartbeats with the version, weights
  *      published at start and every sync_every steps (the client verifies each),
  *      run.max_steps -> final checkpoint, `latest`, metrics and rollouts, BYE, exit 0;
  *   2. stop request mid-run: returns 0 promptly with a checkpoint of the current step;
  *   3. sync mode: one request at a time, each carrying the version of the step before, and
  *      that version published before the request leaves. */
 #include <errno.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -184,11 +186,25 @@ static void s_case(const char *root, const s_case_t *c) {
             memmove(F.out, F.out + 1, (size_t)--F.n_out * sizeof *F.out);
             memmove(F.req_version, F.req_version + 1, (size_t)F.n_out * sizeof *F.req_version);
             F.answered++;
-            if (!late_sent && F.answered == 1) { /* a part for a request that does not exist */
+            if (!late_sent && F.answered == 1 && F.n_out > 0) {
+                /* a part for a request that does not exist (late), and for the next request a
+                 * first part announcing 2 parts then one announcing 3: that request is given
+                 * up (a new one replaces it) */
                 bo.seed = 999;
                 ap_batch_t *bl = fx_batch(shadow, &bo);
                 s_answer(router, &learner, 424242, bl);
+                ap_batch_t *p1 = ap_batch_new(1);
+                p1->items[0] = bl->items[0];
+                p1->request_id = F.out[0], p1->parts = 2, p1->part = 0;
+                ap_msg_t pm = {.type = AP_MSG_BATCH, .u.batch = p1};
+                AP_CHECK(ap_sock_send(router, &learner, &pm) == 0, "part: %s", ap_errmsg());
+                p1->parts = 3, p1->part = 1;
+                AP_CHECK(ap_sock_send(router, &learner, &pm) == 0, "part: %s", ap_errmsg());
+                p1->n_items = 0;
+                ap_batch_destroy(&p1);
                 ap_batch_destroy(&bl);
+                memmove(F.out, F.out + 1, (size_t)--F.n_out * sizeof *F.out);
+                memmove(F.req_version, F.req_version + 1, (size_t)F.n_out * sizeof *F.req_version);
                 late_sent = 1;
             }
             if (c->reset_after && F.answered == c->reset_after && !reset_sent) {
@@ -233,6 +249,24 @@ static void s_case(const char *root, const s_case_t *c) {
     AP_CHECK(text && !strncmp(text, want, strlen(want)), "%s: latest = %s, want %s", c->name,
              text ? text : "", want);
     free(text);
+    if (!c->sync && !c->stop_after) { /* the learner's counters in its last step record */
+        FILE *f = fopen(mpath, "r");
+        char line[1 << 16], last[1 << 16] = "";
+        while (f && fgets(line, sizeof line, f))
+            if (strstr(line, "learner/late_parts")) memcpy(last, line, sizeof last);
+        if (f) fclose(f);
+        json_error_t je;
+        json_t *o = json_loads(last, 0, &je), *vals = json_object_get(o, "values");
+        double late = json_number_value(json_object_get(vals, "learner/late_parts")),
+               bad = json_number_value(json_object_get(vals, "learner/bad_parts")),
+               resets = json_number_value(json_object_get(vals, "learner/resets"));
+        json_decref(o);
+        /* late: the 2 parts of the unknown request, plus answers to requests the RESET cleared */
+        AP_CHECK(late >= 2 && bad == 1 && resets == 1, "%s: counters late %g bad %g resets %g",
+                 c->name, late, bad, resets);
+        printf("case %s counters: late parts %g, bad parts %g, resets %g\n", c->name, late, bad,
+               resets);
+    }
     int records = s_lines_with(mpath, "\"loss/total\""),
         busy = s_lines_with(mpath, "\"learner/busy_frac\"");
     printf("case %s: steps %llu (gen %u), %d hellos, %d requests (max %d in flight), %d answered, "

@@ -165,7 +165,9 @@ typedef struct {
     double seconds;            /* whole step (conversion to optimizer) */
     double fb_seconds;         /* forward + backward */
     double obj_seconds;        /* masks + plan + eval + finish */
-    double transport_seconds;  /* batch conversion + weight publication wait */
+    double transport_seconds;  /* batch conversion + publish_seconds */
+    double publish_seconds;    /* waiting for the weights being published to be copied before the
+                                  update, and requesting the next publication */
     ap_monitors_t mon;         /* every objective and mask monitor of the step */
 } ap_learner_step_t;
 
