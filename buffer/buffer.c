@@ -701,8 +701,8 @@ static void s_grant(ap_buffer_t *b, s_peer_t *force) {
         int give = AP_MIN(room, want);
         /* one credit per eligible actor per pass, from a cursor that keeps turning */
         for (int idle = 0; give > 0 && idle < v->n;) {
-            int i = b->rr_actor;
-            b->rr_actor = (b->rr_actor + 1) % v->n;
+            int i = b->rr_actor % v->n; /* actors may have left since the cursor moved */
+            b->rr_actor = (i + 1) % v->n;
             s_peer_t *a = v->p[i];
             if (a->src != src || a->dead || (!sync_on && a->owed == 0)) {
                 idle++;
