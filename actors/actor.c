@@ -95,8 +95,8 @@ static int s_state_save(ap_actor_t *a) {
     ap_task_cursor_t c;
     ap_task_sampler_cursor(a->sampler, &c);
     char *cur = ap_task_cursor_to_json(&c);
-    char *text = ap_sprintf("{\"cursor\": %s, \"seq\": %u, \"restarts\": %u}\n", cur, a->seq,
-                            a->restarts);
+    char *text =
+        ap_sprintf("{\"cursor\": %s, \"seq\": %u, \"restarts\": %u}\n", cur, a->seq, a->restarts);
     char *sd = ap_rundir_path(a->dir, "state"), *path = s_state_path(a);
     int rc = ap_mkdirs(sd) == 0 ? ap_file_write_atomic(path, text, strlen(text)) : -1;
     free(cur), free(text), free(sd), free(path);
@@ -119,7 +119,8 @@ static void s_state_load(ap_actor_t *a) {
     if (cur) {
         char *ct = json_dumps(cur, JSON_COMPACT);
         ap_task_cursor_t c;
-        ok = ap_task_cursor_from_json(ct, path, &c) == 0 && ap_task_sampler_restore(a->sampler, &c) == 0;
+        ok = ap_task_cursor_from_json(ct, path, &c) == 0 &&
+             ap_task_sampler_restore(a->sampler, &c) == 0;
         free(ct);
     }
     if (ok) {
@@ -141,8 +142,8 @@ static void s_state_load(ap_actor_t *a) {
 static void s_shard(const ap_config_t *c, ap_actor_mode_t mode, int id, int *shard, int *count) {
     int groups = (int)floor(c->batch.on_policy_fraction * c->batch.size / c->sampling.group_size);
     int students = groups > 0 ? AP_MAX(c->actors.count, 1) : 0;
-    int datasets = groups * c->sampling.group_size < c->batch.size ? AP_MAX(c->actors.dataset_actors, 1)
-                                                                   : 0;
+    int datasets =
+        groups * c->sampling.group_size < c->batch.size ? AP_MAX(c->actors.dataset_actors, 1) : 0;
     if (mode == AP_ACTOR_STUDENT) {
         students = AP_MAX(students, id + 1);
         *shard = id;
@@ -189,7 +190,8 @@ ap_actor_t *ap_actor_new(const ap_actor_opts_t *o) {
     a->metrics = o->metrics;
     if (!a->metrics) a->metrics = a->own_metrics = ap_metrics_open(NULL, a->role, o->id);
     a->metrics_interval = o->metrics_interval > 0 ? o->metrics_interval : 1.0;
-    a->teacher_source = o->mode == AP_ACTOR_DATASET && cfg->actors.dataset_source == AP_DATASET_TEACHER;
+    a->teacher_source =
+        o->mode == AP_ACTOR_DATASET && cfg->actors.dataset_source == AP_DATASET_TEACHER;
     atomic_init(&a->stop, 0);
     ap_rng_seed(&a->rng, (uint64_t)cfg->run.seed,
                 S_RNG_STREAM + (uint64_t)o->mode * 4096 + (uint64_t)o->id);
@@ -228,7 +230,8 @@ ap_actor_t *ap_actor_new(const ap_actor_opts_t *o) {
     if (a->model) {
         const ap_model_config_t *mc = ap_model_config(a->model);
         if (mc->vocab_size != V) {
-            ap_err("%s: the model has %d token ids but the vocabulary %d", a->name, mc->vocab_size, V);
+            ap_err("%s: the model has %d token ids but the vocabulary %d", a->name, mc->vocab_size,
+                   V);
             goto fail;
         }
         a->table_hash = ap_learner_table_hash(a->model);
@@ -305,9 +308,9 @@ static int s_stopping(const ap_actor_t *a) {
 int ap_actor_set_weights(ap_actor_t *a, const ap_weights_t *w) {
     if (!a->model || a->teacher_source) return ap_err("%s: no student model to update", a->name);
     const ap_model_config_t *mc = ap_model_config(a->model);
-    const char *why = !s_same_config(&w->config, mc)                       ? "another network"
+    const char *why = !s_same_config(&w->config, mc)                    ? "another network"
                       : w->table_hash && w->table_hash != a->table_hash ? "another tensor table"
-                                                                         : NULL;
+                                                                        : NULL;
     if (why || ap_model_set_blob(a->model, w->params, w->params_bytes) < 0) {
         a->st.weights_refused++;
         return ap_err("%s: version (%u, %llu) refused: %s", a->name, w->version.gen,
@@ -335,13 +338,15 @@ static int s_complete(ap_actor_t *a, const int32_t *prompt, int np, ap_completio
     if (!a->simulate) {
         const int32_t **pp = ap_malloc((size_t)G * sizeof *pp);
         int *lens = ap_malloc((size_t)G * sizeof *lens);
-        for (int i = 0; i < G; i++) pp[i] = prompt, lens[i] = np;
+        for (int i = 0; i < G; i++)
+            pp[i] = prompt, lens[i] = np;
         int rc = ap_generate(a->kv, out, (const int32_t *const *)pp, lens, G, max_new,
                              ap_tokenizer_eos(a->tok), &a->sp, &a->rng);
         free(pp), free(lens);
         return rc;
     }
-    const int V = ap_tokenizer_vocab_size(a->tok), room = AP_MAX(1, AP_MIN(max_new, a->max_positions - np));
+    const int V = ap_tokenizer_vocab_size(a->tok),
+              room = AP_MAX(1, AP_MIN(max_new, a->max_positions - np));
     const int32_t eos = ap_tokenizer_eos(a->tok);
     for (int i = 0; i < G; i++) {
         int32_t *y = scratch + (size_t)i * room;
@@ -354,7 +359,9 @@ static int s_complete(ap_actor_t *a, const int32_t *prompt, int np, ap_completio
             lp[t] = -(float)(0.01 + 5 * ap_rng_uniform(&a->rng));
         }
         if (!trunc) y[n - 1] = eos;
-        out[i] = (ap_completion_t){.tokens = y, .logprobs = lp, .n = n,
+        out[i] = (ap_completion_t){.tokens = y,
+                                   .logprobs = lp,
+                                   .n = n,
                                    .finish = trunc ? AP_FINISH_LENGTH : AP_FINISH_EOS};
     }
     return 0;
@@ -408,7 +415,8 @@ static ap_group_t *s_student_group(ap_actor_t *a) {
     for (int i = 0; on && i < G; i++) {
         int h = ap_task_encode_privileged(a->task, a->tok, &ex, ro, G, i, &ctx[i], &ctx_len[i]);
         if (h < 0) goto done;
-        if (h && ctx_len[i] + len[i] - 1 > a->max_positions) { /* the self-teacher cannot score it */
+        if (h &&
+            ctx_len[i] + len[i] - 1 > a->max_positions) { /* the self-teacher cannot score it */
             free(ctx[i]);
             ctx[i] = NULL, ctx_len[i] = 0;
             a->st.contexts_too_long++;
@@ -438,7 +446,8 @@ static ap_group_t *s_student_group(ap_actor_t *a) {
             memcpy(g->ctx_tokens + g->ctx_offset[i], ctx[i], (size_t)ctx_len[i] * sizeof(int32_t));
     }
 done:
-    for (int i = 0; i < G; i++) free(text[i]), free(ctx[i]);
+    for (int i = 0; i < G; i++)
+        free(text[i]), free(ctx[i]);
     free(text), free(vd), free(ro), free(ctx), free(ctx_len), free(len), free(out);
     free(scratch), free(lscratch), free(prompt);
     ap_example_clear(&ex);
@@ -492,8 +501,8 @@ ap_group_t *ap_actor_make_group(ap_actor_t *a) {
         return NULL;
     }
     double t0 = ap_now();
-    ap_group_t *g = a->mode == AP_ACTOR_DATASET && !a->teacher_source ? s_gold_group(a)
-                                                                      : s_student_group(a);
+    ap_group_t *g =
+        a->mode == AP_ACTOR_DATASET && !a->teacher_source ? s_gold_group(a) : s_student_group(a);
     double dt = ap_now() - t0;
     a->st.busy_s += dt;
     a->win.busy += dt;
@@ -527,11 +536,13 @@ static void s_metrics(ap_actor_t *a, int force) {
     ap_metrics_add(m, "actor/groups_sent", a->st.groups_sent);
     ap_metrics_add(m, "actor/groups_per_s", wall > 0 ? w->groups / wall : 0);
     if (w->traj > 0) {
-        if (a->mode == AP_ACTOR_STUDENT) ap_metrics_add(m, "actor/reward_mean", w->reward / w->traj);
+        if (a->mode == AP_ACTOR_STUDENT)
+            ap_metrics_add(m, "actor/reward_mean", w->reward / w->traj);
         ap_metrics_add(m, "actor/accuracy", (double)w->correct / w->traj);
         ap_metrics_add(m, "actor/length_mean", (double)w->tokens / w->traj);
         ap_metrics_add(m, "actor/truncation_rate", (double)w->truncated / w->traj);
-        if (a->mode == AP_ACTOR_STUDENT) ap_metrics_add(m, "actor/h_frac", (double)w->ctx / w->traj);
+        if (a->mode == AP_ACTOR_STUDENT)
+            ap_metrics_add(m, "actor/h_frac", (double)w->ctx / w->traj);
     }
     ap_metrics_add(m, "actor/version_gen", a->st.version.gen);
     ap_metrics_add(m, "actor/version_step", (double)a->st.version.step);
@@ -584,10 +595,11 @@ static int s_weights_client(ap_actor_t *a) {
         if (rc < 0) return -1;
     }
     ap_wclient_opts_t wo = {.endpoint = cfg->endpoints.weights,
-                            .pub_endpoint = cfg->endpoints.weights_pub[0] ? cfg->endpoints.weights_pub
-                                                                          : NULL,
+                            .pub_endpoint =
+                                cfg->endpoints.weights_pub[0] ? cfg->endpoints.weights_pub : NULL,
                             .server_key = key[0] ? key : NULL};
-    if (!(a->wc = ap_wclient_spawn(a->net, &wo))) return ap_err("%s: weights client: %s", a->name, ap_errmsg());
+    if (!(a->wc = ap_wclient_spawn(a->net, &wo)))
+        return ap_err("%s: weights client: %s", a->name, ap_errmsg());
     return 0;
 }
 
@@ -627,7 +639,8 @@ static int s_run_groups(ap_actor_t *a) {
         s_pull(a);
         if (needs_weights && ap_version_is_zero(a->st.version)) { /* the first version */
             if (!warned && ap_now() - waiting_since > 10) {
-                ap_log(AP_LOG_WARN, "%s: no weights from %s yet", a->name, a->cfg->endpoints.weights);
+                ap_log(AP_LOG_WARN, "%s: no weights from %s yet", a->name,
+                       a->cfg->endpoints.weights);
                 warned = 1;
             }
             ap_sleep(0.01);
@@ -725,8 +738,9 @@ int ap_actor_run(ap_actor_t *a) {
     if (a->mode != AP_ACTOR_EVAL && s_state_save(a) < 0) /* the restart count, at once */
         ap_log(AP_LOG_WARN, "%s: state: %s", a->name, ap_errmsg());
     int rc = a->mode == AP_ACTOR_EVAL ? s_run_eval(a) : s_run_groups(a);
-    ap_log(rc == 0 ? AP_LOG_INFO : AP_LOG_ERROR, "%s: %s after %ld groups (%ld sent), %ld swaps%s%s",
-           a->name, rc == 0 ? "stopped" : "failed", a->st.groups, a->st.groups_sent,
-           a->st.weight_swaps, rc ? ": " : "", rc ? ap_errmsg() : "");
+    ap_log(rc == 0 ? AP_LOG_INFO : AP_LOG_ERROR,
+           "%s: %s after %ld groups (%ld sent), %ld swaps%s%s", a->name,
+           rc == 0 ? "stopped" : "failed", a->st.groups, a->st.groups_sent, a->st.weight_swaps,
+           rc ? ": " : "", rc ? ap_errmsg() : "");
     return rc;
 }

@@ -34,23 +34,33 @@ static void s_usage(FILE *out) {
 }
 
 int ap_cmd_actor(int argc, char **argv) {
-    static const struct option opts[] = {{"run", required_argument, 0, 'r'},
-                                         {"id", required_argument, 0, 'i'},
-                                         {"mode", required_argument, 0, 'm'},
-                                         {"simulate", no_argument, 0, 's'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"run", required_argument, 0, 'r'},  {"id", required_argument, 0, 'i'},
+        {"mode", required_argument, 0, 'm'}, {"simulate", no_argument, 0, 's'},
+        {"help", no_argument, 0, 'h'},       {0, 0, 0, 0}};
     const char *run = NULL, *mode_name = "student";
     int id = -1, simulate = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "r:i:m:sh", opts, NULL)) != -1) {
         switch (c) {
-        case 'r': run = optarg; break;
-        case 'i': id = atoi(optarg); break;
-        case 'm': mode_name = optarg; break;
-        case 's': simulate = 1; break;
-        case 'h': s_usage(stdout); return 0;
-        default: s_usage(stderr); return 2;
+        case 'r':
+            run = optarg;
+            break;
+        case 'i':
+            id = atoi(optarg);
+            break;
+        case 'm':
+            mode_name = optarg;
+            break;
+        case 's':
+            simulate = 1;
+            break;
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        default:
+            s_usage(stderr);
+            return 2;
         }
     }
     ap_actor_mode_t mode;
@@ -84,8 +94,13 @@ int ap_cmd_actor(int argc, char **argv) {
         ap_curve_load(cfg->security.keys_dir, key_name, no.public_key, no.secret_key) < 0)
         goto done;
     if (!(net = ap_net_new(&no))) goto done;
-    ap_actor_opts_t ao = {.cfg = cfg, .run_dir = proc.dir, .net = net, .metrics = proc.metrics,
-                          .mode = mode, .id = id, .simulate = simulate};
+    ap_actor_opts_t ao = {.cfg = cfg,
+                          .run_dir = proc.dir,
+                          .net = net,
+                          .metrics = proc.metrics,
+                          .mode = mode,
+                          .id = id,
+                          .simulate = simulate};
     if (!(a = ap_actor_new(&ao))) goto done;
     ap_actor_set_stop_flag(a, &s_stop);
     rc = ap_actor_run(a) < 0 ? 1 : 0;

@@ -184,10 +184,13 @@ ap_actor_link_t *ap_actor_link_new(ap_net_t *net, const ap_actor_link_opts_t *o)
     ap_msg_limits_t lim;
     ap_msg_limits_default(&lim);
     lim.vocab_size = o->vocab_size;
-    lim.accept = 1u << AP_MSG_CREDIT | 1u << AP_MSG_HEARTBEAT | 1u << AP_MSG_RESET |
-                 1u << AP_MSG_BYE;
-    ap_sock_opts_t so = {.type = AP_SOCK_DEALER, .endpoint = o->endpoint,
-                         .server_key = o->server_key, .max_msg = 1 << 20, .limits = &lim,
+    lim.accept =
+        1u << AP_MSG_CREDIT | 1u << AP_MSG_HEARTBEAT | 1u << AP_MSG_RESET | 1u << AP_MSG_BYE;
+    ap_sock_opts_t so = {.type = AP_SOCK_DEALER,
+                         .endpoint = o->endpoint,
+                         .server_key = o->server_key,
+                         .max_msg = 1 << 20,
+                         .limits = &lim,
                          .name = "actor/buffer"};
     if (!(l->sock = ap_sock_new(net, &so))) {
         ap_err("actor: buffer socket %s: %s", o->endpoint, ap_errmsg());
@@ -260,8 +263,10 @@ void ap_actor_link_send(ap_actor_link_t *l, ap_group_t **g) {
     it->g = *g;
     *g = NULL;
     pthread_mutex_lock(&l->mu);
-    if (l->tail) l->tail->next = it;
-    else l->head = it;
+    if (l->tail)
+        l->tail->next = it;
+    else
+        l->head = it;
     l->tail = it;
     l->queued++;
     pthread_mutex_unlock(&l->mu);

@@ -30,19 +30,20 @@ typedef struct {
 } ap_actor_link_opts_t;
 
 typedef struct {
-    long granted;     /* credit granted in total */
-    long sent;        /* groups sent */
-    long acked;       /* highest ack_seq seen */
-    long resets;      /* RESETs received */
-    long dropped;     /* groups that could not be encoded (a bug: logged) */
-    long queued;      /* groups waiting for credit or the socket */
-    long credit;      /* credit not yet used */
-    int silent;       /* 1: nothing from the buffer for 3 heartbeat periods */
+    long granted; /* credit granted in total */
+    long sent;    /* groups sent */
+    long acked;   /* highest ack_seq seen */
+    long resets;  /* RESETs received */
+    long dropped; /* groups that could not be encoded (a bug: logged) */
+    long queued;  /* groups waiting for credit or the socket */
+    long credit;  /* credit not yet used */
+    int silent;   /* 1: nothing from the buffer for 3 heartbeat periods */
 } ap_actor_link_stats_t;
 
 typedef struct ap_actor_link ap_actor_link_t;
 
-ap_actor_link_t *ap_actor_link_new(ap_net_t *net, const ap_actor_link_opts_t *o); /* NULL + ap_err */
+ap_actor_link_t *ap_actor_link_new(ap_net_t *net,
+                                   const ap_actor_link_opts_t *o); /* NULL + ap_err */
 void ap_actor_link_destroy(ap_actor_link_t **l);
 /* 1 when a credit is available beyond the queued groups (waits up to timeout_s), else 0. */
 int ap_actor_link_wait_credit(ap_actor_link_t *l, double timeout_s);

@@ -36,7 +36,8 @@ static void s_free_n(ap_learner_batch_t *lb) {
 
 static void s_free_nt(ap_learner_batch_t *lb) {
     free(lb->tokens), free(lb->behavior), free(lb->mask);
-    for (int k = 0; k < AP_TEACHER_COUNT; k++) free(lb->sig[k].sampled);
+    for (int k = 0; k < AP_TEACHER_COUNT; k++)
+        free(lb->sig[k].sampled);
 }
 
 void ap_learner_batch_destroy(ap_learner_batch_t **lbp) {
@@ -53,7 +54,8 @@ void ap_learner_batch_destroy(ap_learner_batch_t **lbp) {
 }
 
 /* Size every array for N x T (x S, x V, x K per kind); contents are not kept. */
-static void s_reserve(ap_learner_batch_t *lb, int N, int T, int S, const int full[], const int K[]) {
+static void s_reserve(ap_learner_batch_t *lb, int N, int T, int S, const int full[],
+                      const int K[]) {
     size_t n = (size_t)N, nt = n * T, ns = n * S;
     if (n > lb->cap_n) {
         s_free_n(lb);
@@ -77,7 +79,8 @@ static void s_reserve(ap_learner_batch_t *lb, int N, int T, int S, const int ful
         lb->tokens = ap_malloc(nt * sizeof(int32_t));
         lb->behavior = ap_malloc(nt * sizeof(float));
         lb->mask = ap_malloc(nt * sizeof(float));
-        for (int k = 0; k < AP_TEACHER_COUNT; k++) lb->sig[k].sampled = ap_malloc(nt * sizeof(float));
+        for (int k = 0; k < AP_TEACHER_COUNT; k++)
+            lb->sig[k].sampled = ap_malloc(nt * sizeof(float));
         lb->cap_nt = nt;
     }
     if (ns > lb->cap_ns) {
@@ -146,14 +149,16 @@ int ap_learner_batch_build(ap_learner_batch_t *lb, const ap_batch_t *b,
     lb->V = V;
     lb->N = lb->T = lb->S = lb->n_items = 0;
     lb->bad_scores = lb->dropped = lb->bad_temperature = 0;
-    for (int k = 0; k < AP_TEACHER_COUNT; k++) lb->missing[k] = 0, lb->sig[k].present = 0;
+    for (int k = 0; k < AP_TEACHER_COUNT; k++)
+        lb->missing[k] = 0, lb->sig[k].present = 0;
 
     /* pass 1: which items, the shape, the top-K size of each kind */
     uint8_t *keep = ap_calloc((size_t)AP_MAX(b->n_items, 1), 1);
-    const ap_scores_t **sc = ap_calloc((size_t)AP_MAX(b->n_items, 1) * AP_TEACHER_COUNT,
-                                       sizeof *sc);
+    const ap_scores_t **sc =
+        ap_calloc((size_t)AP_MAX(b->n_items, 1) * AP_TEACHER_COUNT, sizeof *sc);
     int N = 0, T = 1, S = 1, kmin[AP_TEACHER_COUNT];
-    for (int k = 0; k < AP_TEACHER_COUNT; k++) kmin[k] = 0;
+    for (int k = 0; k < AP_TEACHER_COUNT; k++)
+        kmin[k] = 0;
     for (int j = 0; j < b->n_items; j++) {
         const ap_group_t *g = b->items[j].group;
         if (!s_group_ok(g, V)) {
@@ -194,7 +199,8 @@ int ap_learner_batch_build(ap_learner_batch_t *lb, const ap_batch_t *b,
     s_reserve(lb, N, T, S, o->full, K);
     lb->N = N, lb->T = T, lb->S = S;
     const size_t NT = (size_t)N * T;
-    for (size_t p = 0; p < NT; p++) lb->tokens[p] = o->pad_id;
+    for (size_t p = 0; p < NT; p++)
+        lb->tokens[p] = o->pad_id;
     memset(lb->behavior, 0, NT * sizeof *lb->behavior);
     memset(lb->mask, 0, NT * sizeof *lb->mask);
     for (int k = 0; k < AP_TEACHER_COUNT; k++) {
@@ -203,7 +209,8 @@ int ap_learner_batch_build(ap_learner_batch_t *lb, const ap_batch_t *b,
         if (K[k]) {
             memset(lb->sig[k].lp, 0, NT * K[k] * sizeof(float));
             for (size_t p = 0; p < NT; p++)
-                for (int e = 0; e < K[k]; e++) lb->sig[k].ids[p * K[k] + e] = e;
+                for (int e = 0; e < K[k]; e++)
+                    lb->sig[k].ids[p * K[k] + e] = e;
         }
     }
 
@@ -222,10 +229,13 @@ int ap_learner_batch_build(ap_learner_batch_t *lb, const ap_batch_t *b,
             memcpy(in, g->prompt, (size_t)g->n_prompt * sizeof *in);
             if (len > 1) memcpy(in + g->n_prompt, g->tokens + off, (size_t)(len - 1) * sizeof *in);
             lb->input_len[n] = g->n_prompt + AP_MAX(len - 1, 0);
-            for (int t = lb->input_len[n]; t < S; t++) in[t] = o->pad_id;
+            for (int t = lb->input_len[n]; t < S; t++)
+                in[t] = o->pad_id;
             lb->prompt_len[n] = g->n_prompt;
             memcpy(lb->tokens + (size_t)n * T, g->tokens + off, (size_t)len * sizeof(int32_t));
-            if (on) memcpy(lb->behavior + (size_t)n * T, g->logprobs + off, (size_t)len * sizeof(float));
+            if (on)
+                memcpy(lb->behavior + (size_t)n * T, g->logprobs + off,
+                       (size_t)len * sizeof(float));
             lb->length[n] = len;
             lb->truncated[n] = g->finish[i] == AP_FINISH_LENGTH;
             lb->reward[n] = g->reward[i];
@@ -251,9 +261,11 @@ int ap_learner_batch_build(ap_learner_batch_t *lb, const ap_batch_t *b,
                     sg->sampled[p] = have ? s->sampled[q] : NAN;
                     if (o->full[k]) {
                         float *row = sg->full + p * V;
-                        if (have && s->full) memcpy(row, s->logprobs + q * V, (size_t)V * sizeof *row);
+                        if (have && s->full)
+                            memcpy(row, s->logprobs + q * V, (size_t)V * sizeof *row);
                         else if (wanted)
-                            for (int v = 0; v < V; v++) row[v] = NAN;
+                            for (int v = 0; v < V; v++)
+                                row[v] = NAN;
                     }
                     if (K[k]) {
                         int32_t *ids = sg->ids + p * K[k];
@@ -264,7 +276,8 @@ int ap_learner_batch_build(ap_learner_batch_t *lb, const ap_batch_t *b,
                             memcpy(ids, s->ids + q * s->K, (size_t)K[k] * sizeof *ids);
                             memcpy(lp, s->logprobs + q * s->K, (size_t)K[k] * sizeof *lp);
                         } else if (wanted) {
-                            for (int e = 0; e < K[k]; e++) lp[e] = NAN;
+                            for (int e = 0; e < K[k]; e++)
+                                lp[e] = NAN;
                         }
                     }
                 }
@@ -275,16 +288,28 @@ int ap_learner_batch_build(ap_learner_batch_t *lb, const ap_batch_t *b,
     free(keep), free(sc);
 
     const ap_learner_signal_t *te = &lb->sig[AP_TEACHER_EXTERNAL], *se = &lb->sig[AP_TEACHER_SELF];
-    lb->ob = (ap_obj_batch_t){
-        .N = N, .T = T, .V = V, .tokens = lb->tokens, .mask = lb->mask,
-        .behavior = lb->behavior, .ref = lb->sig[AP_TEACHER_REFERENCE].sampled,
-        .teacher_sampled = te->sampled, .reward = lb->reward, .correct = lb->correct,
-        .group = lb->group, .has_teacher = lb->has_teacher, .on_policy = lb->on_policy,
-        .teacher = {.full = o->full[AP_TEACHER_EXTERNAL] ? te->full : NULL,
-                    .topk_ids = te->K ? te->ids : NULL, .topk_lp = te->K ? te->lp : NULL,
-                    .K = te->K, .tau = te->tau},
-        .self_teacher = {.full = o->full[AP_TEACHER_SELF] ? se->full : NULL,
-                         .topk_ids = se->K ? se->ids : NULL, .topk_lp = se->K ? se->lp : NULL,
-                         .K = se->K, .tau = se->tau}};
+    lb->ob = (ap_obj_batch_t){.N = N,
+                              .T = T,
+                              .V = V,
+                              .tokens = lb->tokens,
+                              .mask = lb->mask,
+                              .behavior = lb->behavior,
+                              .ref = lb->sig[AP_TEACHER_REFERENCE].sampled,
+                              .teacher_sampled = te->sampled,
+                              .reward = lb->reward,
+                              .correct = lb->correct,
+                              .group = lb->group,
+                              .has_teacher = lb->has_teacher,
+                              .on_policy = lb->on_policy,
+                              .teacher = {.full = o->full[AP_TEACHER_EXTERNAL] ? te->full : NULL,
+                                          .topk_ids = te->K ? te->ids : NULL,
+                                          .topk_lp = te->K ? te->lp : NULL,
+                                          .K = te->K,
+                                          .tau = te->tau},
+                              .self_teacher = {.full = o->full[AP_TEACHER_SELF] ? se->full : NULL,
+                                               .topk_ids = se->K ? se->ids : NULL,
+                                               .topk_lp = se->K ? se->lp : NULL,
+                                               .K = se->K,
+                                               .tau = se->tau}};
     return N;
 }

@@ -30,8 +30,8 @@
 #define S_RNG_STREAM 0x1ea7 /* the learner's stream of run.seed */
 #define S_GEN_FILE "learner-gen"
 
-static const char *s_skip_names[AP_LEARNER_SKIP_COUNT] = {"stepped",  "empty",     "truncation",
-                                                          "plan",     "nonfinite", "stopped"};
+static const char *s_skip_names[AP_LEARNER_SKIP_COUNT] = {"stepped", "empty",     "truncation",
+                                                          "plan",    "nonfinite", "stopped"};
 
 const char *ap_learner_skip_name(ap_learner_skip_t s) {
     return (unsigned)s < AP_LEARNER_SKIP_COUNT ? s_skip_names[s] : "?";
@@ -313,7 +313,8 @@ static void s_grow(void **p, size_t *cap, size_t n, size_t elem) {
 static float *s_forward(ap_learner_t *L, int r, int n, int *S_out) {
     const ap_learner_batch_t *lb = L->lb;
     int S = 1;
-    for (int i = 0; i < n; i++) S = AP_MAX(S, lb->input_len[r + i]);
+    for (int i = 0; i < n; i++)
+        S = AP_MAX(S, lb->input_len[r + i]);
     for (int i = 0; i < n; i++)
         memcpy(L->mb_in + (size_t)i * S, lb->inputs + (size_t)(r + i) * lb->S,
                (size_t)S * sizeof *L->mb_in);
@@ -328,8 +329,7 @@ static void s_gather(ap_learner_t *L, const float *logits, int r, int n, int S) 
     for (int i = 0; i < n; i++) {
         const int len = lb->length[r + i], p0 = lb->prompt_len[r + i] - 1;
         float *dst = L->comp + (size_t)i * T * V;
-        if (len > 0)
-            memcpy(dst, logits + ((size_t)i * S + p0) * V, (size_t)len * V * sizeof *dst);
+        if (len > 0) memcpy(dst, logits + ((size_t)i * S + p0) * V, (size_t)len * V * sizeof *dst);
         if (len < T) memset(dst + (size_t)len * V, 0, (size_t)(T - len) * V * sizeof *dst);
     }
 }
@@ -399,8 +399,12 @@ int ap_learner_step_core(ap_learner_t *L, const ap_batch_t *b, ap_learner_step_t
 
     /* 2. masks */
     double t = ap_now();
-    ap_masks_input_t in = {.N = N, .T = T, .tokens = lb->tokens, .length = lb->length,
-                           .truncated = lb->truncated, .on_policy = lb->on_policy};
+    ap_masks_input_t in = {.N = N,
+                           .T = T,
+                           .tokens = lb->tokens,
+                           .length = lb->length,
+                           .truncated = lb->truncated,
+                           .on_policy = lb->on_policy};
     int skip = ap_masks_build(lb->mask, lb->reward, lb->rep, &L->mcfg, &in, &st->mon);
     st->obj_seconds += ap_now() - t;
     if (skip) {
@@ -409,8 +413,8 @@ int ap_learner_step_core(ap_learner_t *L, const ap_batch_t *b, ap_learner_step_t
     }
 
     /* 3. forward / objectives / backward by micro-batches */
-    const int mb = cfg->batch.micro_batch > 0 && cfg->batch.micro_batch < N ? cfg->batch.micro_batch
-                                                                              : N;
+    const int mb =
+        cfg->batch.micro_batch > 0 && cfg->batch.micro_batch < N ? cfg->batch.micro_batch : N;
     const int nmb = (N + mb - 1) / mb;
     const long next = step0 + 1;
     const int roll = L->dir && cfg->learner.rollouts_every > 0 &&
@@ -438,8 +442,8 @@ int ap_learner_step_core(ap_learner_t *L, const ap_batch_t *b, ap_learner_step_t
             s_gather(L, logits, r, n, S_last);
             double t2 = ap_now();
             st->fb_seconds += t2 - t;
-            ap_obj_sampled_logprobs(L->logp + (size_t)r * T, L->comp, lb->tokens + (size_t)r * T,
-                                    n, T, V, tau_s);
+            ap_obj_sampled_logprobs(L->logp + (size_t)r * T, L->comp, lb->tokens + (size_t)r * T, n,
+                                    T, V, tau_s);
             st->obj_seconds += ap_now() - t2;
         }
     }
@@ -475,8 +479,8 @@ int ap_learner_step_core(ap_learner_t *L, const ap_batch_t *b, ap_learner_step_t
         double t2 = ap_now();
         st->fb_seconds += t2 - t;
         if (!prepass && want_logp)
-            ap_obj_sampled_logprobs(L->logp + (size_t)r * T, L->comp, lb->tokens + (size_t)r * T,
-                                    n, T, V, tau_s);
+            ap_obj_sampled_logprobs(L->logp + (size_t)r * T, L->comp, lb->tokens + (size_t)r * T, n,
+                                    T, V, tau_s);
         if (!planned) { /* one micro-batch: its log-probs are the whole batch's */
             if (ap_obj_plan(L->obj, &lb->ob, L->logp) < 0) {
                 st->obj_seconds += ap_now() - t2;
@@ -537,7 +541,8 @@ static void s_add_metrics(ap_learner_t *L, const ap_learner_step_t *st) {
     double now = ap_now(), wall = now - L->last_record;
     L->busy_acc += st->seconds;
     ap_metrics_begin(m, (long)L->version.step);
-    for (int i = 0; i < st->mon.n; i++) ap_metrics_add(m, st->mon.name[i], st->mon.value[i]);
+    for (int i = 0; i < st->mon.n; i++)
+        ap_metrics_add(m, st->mon.name[i], st->mon.value[i]);
     if (!ap_monitors_has(&st->mon, "loss/total")) ap_metrics_add(m, "loss/total", st->loss);
     if (!ap_monitors_has(&st->mon, "reward/mean") && st->N > 0) { /* no PG objective: our own */
         double s = 0;
@@ -548,7 +553,8 @@ static void s_add_metrics(ap_learner_t *L, const ap_learner_step_t *st) {
     }
     if (st->N > 0 && st->skipped != AP_LEARNER_SKIP_EMPTY) {
         ap_metrics_add(m, "length/mean", ap_monitors_get(&st->mon, "len/mean", NAN));
-        ap_metrics_add(m, "length/truncation_rate", ap_monitors_get(&st->mon, "len/trunc_rate", NAN));
+        ap_metrics_add(m, "length/truncation_rate",
+                       ap_monitors_get(&st->mon, "len/trunc_rate", NAN));
         ap_metrics_add(m, "repetition/mean", ap_monitors_get(&st->mon, "rep/mean", NAN));
     }
     ap_metrics_add(m, "learner/grad_norm", st->grad_norm);
@@ -604,7 +610,8 @@ static json_t *s_real_or_null(double x) {
 
 static json_t *s_row(const float *x, int n) {
     json_t *a = json_array();
-    for (int t = 0; t < n; t++) json_array_append_new(a, s_real_or_null(x[t]));
+    for (int t = 0; t < n; t++)
+        json_array_append_new(a, s_real_or_null(x[t]));
     return a;
 }
 
@@ -621,7 +628,8 @@ static void s_route(const ap_learner_t *L, int n, char *buf, size_t cap) {
         if (c->opd.c.enabled) S_ADD("opd");
         if (c->grpo.c.enabled) S_ADD("grpo");
         if (c->opsd.c.enabled && lb->has_teacher[n]) S_ADD("opsd");
-        if (c->srpo.c.enabled) S_ADD(!lb->correct[n] && lb->has_teacher[n] ? "srpo_sd" : "srpo_grpo");
+        if (c->srpo.c.enabled)
+            S_ADD(!lb->correct[n] && lb->has_teacher[n] ? "srpo_sd" : "srpo_grpo");
     }
 #undef S_ADD
     if (!buf[0]) snprintf(buf, cap, "none");
@@ -650,7 +658,8 @@ static int s_rollouts(ap_learner_t *L, const ap_batch_t *b) {
         char route[96];
         s_route(L, n, route, sizeof route);
         double kept = 0;
-        for (int t = 0; t < len; t++) kept += lb->mask[(size_t)n * T + t];
+        for (int t = 0; t < len; t++)
+            kept += lb->mask[(size_t)n * T + t];
         json_t *o = json_object();
         json_object_set_new(o, "step", json_integer((json_int_t)L->version.step));
         json_object_set_new(o, "gen", json_integer(L->version.gen));

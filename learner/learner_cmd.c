@@ -40,10 +40,18 @@ int ap_cmd_learner(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "r:i:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'r': run = optarg; break;
-        case 'i': id = atoi(optarg); break;
-        case 'h': s_usage(stdout); return 0;
-        default: s_usage(stderr); return 2;
+        case 'r':
+            run = optarg;
+            break;
+        case 'i':
+            id = atoi(optarg);
+            break;
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        default:
+            s_usage(stderr);
+            return 2;
         }
     }
     if (!run || optind != argc || id != 0) {
@@ -69,8 +77,8 @@ int ap_cmd_learner(int argc, char **argv) {
         ap_curve_load(cfg->security.keys_dir, "learner", no.public_key, no.secret_key) < 0)
         goto done;
     if (!(net = ap_net_new(&no))) goto done;
-    ap_learner_opts_t lo = {.cfg = cfg, .run_dir = proc.dir, .net = net,
-                            .metrics = proc.metrics, .name = "learner-0"};
+    ap_learner_opts_t lo = {
+        .cfg = cfg, .run_dir = proc.dir, .net = net, .metrics = proc.metrics, .name = "learner-0"};
     if (!(L = ap_learner_new(&lo))) goto done;
     ap_learner_set_stop_flag(L, &s_stop);
     rc = ap_learner_run(L) < 0 ? 1 : 0;

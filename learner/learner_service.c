@@ -56,18 +56,18 @@ typedef struct {
 
     pthread_mutex_t mu; /* guards the fields up to the loop-only section */
     pthread_cond_t cv;
-    int quit;                  /* compute -> I/O: send BYE and leave */
-    int dead;                  /* the I/O thread has left */
-    int publish;               /* compute -> I/O: publish the model's arena as `pub_version`; the
-                                  compute thread does not update the parameters until it is 0 */
-    int publish_rc;            /* result of the last publication (-1: publish_err) */
+    int quit;       /* compute -> I/O: send BYE and leave */
+    int dead;       /* the I/O thread has left */
+    int publish;    /* compute -> I/O: publish the model's arena as `pub_version`; the
+                       compute thread does not update the parameters until it is 0 */
+    int publish_rc; /* result of the last publication (-1: publish_err) */
     char publish_err[256];
     ap_version_t pub_version;
-    ap_version_t version;      /* the learner's version (requests, heartbeats, codec) */
-    int computing;             /* sync: a batch is being computed (occupies the one slot) */
+    ap_version_t version; /* the learner's version (requests, heartbeats, codec) */
+    int computing;        /* sync: a batch is being computed (occupies the one slot) */
     ap_batch_t *ready[S_MAX_READY];
     int n_ready;
-    double io_busy;            /* seconds the loop spent processing since last read */
+    double io_busy; /* seconds the loop spent processing since last read */
     long received, resets, late, bad_parts, send_fail;
 
     /* loop thread only */
@@ -104,13 +104,15 @@ static void s_hello(s_io_t *io) {
 }
 
 static void s_req_free(s_req_t *r) {
-    for (int p = 0; p < r->parts; p++) ap_batch_destroy(&r->part[p]);
+    for (int p = 0; p < r->parts; p++)
+        ap_batch_destroy(&r->part[p]);
     free(r->part);
     memset(r, 0, sizeof *r);
 }
 
 static void s_drop_requests(s_io_t *io) {
-    for (int i = 0; i < io->n_out; i++) s_req_free(&io->out[i]);
+    for (int i = 0; i < io->n_out; i++)
+        s_req_free(&io->out[i]);
     io->n_out = 0;
 }
 
@@ -140,13 +142,15 @@ static void s_top_up(s_io_t *io) {
 /* The parts of a complete request as one batch (items moved, parts freed). */
 static ap_batch_t *s_merge(s_req_t *r) {
     int total = 0;
-    for (int p = 0; p < r->parts; p++) total += r->part[p]->n_items;
+    for (int p = 0; p < r->parts; p++)
+        total += r->part[p]->n_items;
     ap_batch_t *b = ap_batch_new(total);
     b->request_id = r->id;
     int j = 0;
     for (int p = 0; p < r->parts; p++) {
         ap_batch_t *part = r->part[p];
-        for (int i = 0; i < part->n_items; i++) b->items[j++] = part->items[i];
+        for (int i = 0; i < part->n_items; i++)
+            b->items[j++] = part->items[i];
         part->n_items = 0;
         ap_batch_destroy(&r->part[p]);
     }
@@ -163,15 +167,20 @@ static void s_on_batch(s_io_t *io, ap_msg_t *m) {
     const char *why = NULL;
     int give_up = 0; /* a request whose parts cannot make a batch is replaced by a new one */
     s_req_t *r = at >= 0 ? &io->out[at] : NULL;
-    if (!r) why = "no such request in flight (late, or from before a reset)";
-    else if (bt->parts > S_MAX_PARTS) why = "too many parts", give_up = 1;
+    if (!r)
+        why = "no such request in flight (late, or from before a reset)";
+    else if (bt->parts > S_MAX_PARTS)
+        why = "too many parts", give_up = 1;
     else if (r->parts && bt->parts != r->parts)
         why = "part count differs from the first part's", give_up = 1;
-    else if (r->parts && r->part[bt->part]) why = "duplicate part"; /* part < parts: decoded */
+    else if (r->parts && r->part[bt->part])
+        why = "duplicate part"; /* part < parts: decoded */
     if (why) {
         pthread_mutex_lock(&io->mu);
-        if (r) io->bad_parts++;
-        else io->late++;
+        if (r)
+            io->bad_parts++;
+        else
+            io->late++;
         pthread_mutex_unlock(&io->mu);
         if (ap_ratelimit_ok(&io->rl, 5.0))
             ap_log(AP_LOG_WARN, "learner: batch %llu part %d/%d dropped: %s%s",
@@ -274,8 +283,8 @@ static void s_on_wake(struct ev_loop *loop, ev_async *w, int revents) {
         pthread_mutex_unlock(&io->mu);
         size_t bytes;
         const void *arena = ap_model_blob(L->model, &bytes);
-        int rc = ap_wserver_publish(io->ws, v, ap_model_config(L->model), L->table_hash, arena,
-                                    bytes);
+        int rc =
+            ap_wserver_publish(io->ws, v, ap_model_config(L->model), L->table_hash, arena, bytes);
         pthread_mutex_lock(&io->mu);
         io->publish_rc = rc;
         if (rc < 0) snprintf(io->publish_err, sizeof io->publish_err, "%s", ap_errmsg());
@@ -315,7 +324,8 @@ static void s_io_destroy(s_io_t *io) {
         ev_async_send(io->loop, &io->wake);
         pthread_join(io->th, NULL);
     }
-    for (int i = 0; i < io->n_ready; i++) ap_batch_destroy(&io->ready[i]);
+    for (int i = 0; i < io->n_ready; i++)
+        ap_batch_destroy(&io->ready[i]);
     s_drop_requests(io);
     if (io->loop) {
         if (io->sock) ap_sock_unwatch(io->sock);
@@ -400,7 +410,8 @@ fail:
 /* Wait until no publication is in progress. 0, or -1 when the last one failed. */
 static int s_publish_wait(s_io_t *io) {
     pthread_mutex_lock(&io->mu);
-    while (io->publish && !io->dead) pthread_cond_wait(&io->cv, &io->mu);
+    while (io->publish && !io->dead)
+        pthread_cond_wait(&io->cv, &io->mu);
     int rc = io->publish && io->dead ? ap_err("learner: the I/O thread has stopped")
              : io->publish_rc < 0    ? ap_err("learner: publish: %s", io->publish_err)
                                      : 0;
@@ -543,8 +554,9 @@ int ap_learner_run(ap_learner_t *L) {
         if (ap_learner_after_step(L, b, &st) < 0) ap_log(AP_LOG_ERROR, "%s", ap_errmsg());
         ap_batch_destroy(&b);
     }
-    if (rc == 0) ap_log(AP_LOG_INFO, "learner: stopping at step %llu: %s",
-                        (unsigned long long)L->version.step, why);
+    if (rc == 0)
+        ap_log(AP_LOG_INFO, "learner: stopping at step %llu: %s",
+               (unsigned long long)L->version.step, why);
     if (rc == 0 && ap_version_cmp(published, L->version) != 0 && s_publish(io) < 0)
         ap_log(AP_LOG_WARN, "learner: final publish: %s", ap_errmsg());
     if (s_publish_wait(io) < 0) ap_log(AP_LOG_WARN, "%s", ap_errmsg());

@@ -74,7 +74,8 @@ static double s_check_group(const ap_group_t *g, ap_model_t *m, const ap_task_t 
                  "finish %d with %d tokens, last %d", g->finish[i], len, y[len - 1]);
         float lp[64];
         fx_logprobs(m, g->prompt, g->n_prompt, y, len, tau, lp);
-        for (int t = 0; t < len; t++) maxerr = fmax(maxerr, fabs(lp[t] - g->logprobs[off + t]));
+        for (int t = 0; t < len; t++)
+            maxerr = fmax(maxerr, fabs(lp[t] - g->logprobs[off + t]));
         text[i] = ap_tokenizer_decode(tok, y, len, AP_TOK_STOP_EOS);
         ap_task_verify(task, &ex, text[i], &vd[i]);
         ro[i] = (ap_task_rollout_t){text[i], vd[i].correct, vd[i].feedback};
@@ -131,7 +132,8 @@ static void s_no_sockets(void) {
     for (int k = 0; k < 10; k++) {
         ap_group_t *g1 = ap_actor_make_group(a1), *g0 = ap_actor_make_group(a0b);
         same0 += !strcmp(g0->prompt_text, prompts0[k]);
-        for (int j = 0; j < 10; j++) shared += !strcmp(g1->prompt_text, prompts0[j]);
+        for (int j = 0; j < 10; j++)
+            shared += !strcmp(g1->prompt_text, prompts0[j]);
         AP_CHECK(g1->id >> 40 == 1, "actor 1's ids");
         ap_group_destroy(&g1);
         ap_group_destroy(&g0);
@@ -194,7 +196,8 @@ static void s_no_sockets(void) {
     ap_group_t *g = ap_actor_make_group(d);
     ap_msg_t msg = {.type = AP_MSG_GROUP, .u.group = g};
     int zero = 1;
-    for (int q = 0; q < g->n_tokens; q++) zero &= g->logprobs[q] == 0;
+    for (int q = 0; q < g->n_tokens; q++)
+        zero &= g->logprobs[q] == 0;
     AP_CHECK(ap_msg_validate(&msg, NULL) == 0 && g->G == 4 && g->source == AP_SOURCE_DATASET &&
                  zero && g->n_ctx == 0,
              "teacher-written group");
@@ -260,14 +263,19 @@ static void s_env_new(s_env_t *E) {
     memset(E, 0, sizeof *E);
     E->net = ap_net_new(&(ap_net_opts_t){0});
     E->loop = ev_loop_new(EVFLAG_AUTO);
-    ap_wserver_opts_t wo = {.endpoint = "inproc://weights", .pub_endpoint = "inproc://weights-pub",
+    ap_wserver_opts_t wo = {.endpoint = "inproc://weights",
+                            .pub_endpoint = "inproc://weights-pub",
                             .hint_interval = 0.1};
     E->ws = ap_wserver_new(E->net, E->loop, &wo);
     AP_ASSERTF(E->ws, "%s", ap_errmsg());
     ap_msg_limits_t lim;
     ap_msg_limits_default(&lim);
-    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER, .endpoint = "inproc://buffer-actors", .bind = 1,
-                         .max_msg = 16 << 20, .limits = &lim, .name = "fake-buffer"};
+    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER,
+                         .endpoint = "inproc://buffer-actors",
+                         .bind = 1,
+                         .max_msg = 16 << 20,
+                         .limits = &lim,
+                         .name = "fake-buffer"};
     E->router = ap_sock_new(E->net, &so);
     AP_ASSERTF(E->router, "%s", ap_errmsg());
 }
@@ -322,8 +330,11 @@ static void s_serve(s_env_t *E, double secs, const char *vocab_check) {
             E->heartbeats++;
             E->hb_version = m.u.heartbeat.version;
             break;
-        case AP_MSG_BYE: E->byes++; break;
-        default: break;
+        case AP_MSG_BYE:
+            E->byes++;
+            break;
+        default:
+            break;
         }
         ap_msg_clear(&m);
     } while (ap_now() - t0 < secs);
@@ -340,7 +351,8 @@ static void s_conversation(void) {
     ap_rng_t r;
     ap_rng_seed(&r, 5, 0);
     float *p2 = ap_model_params(m2);
-    for (size_t i = 0; i < ap_model_num_floats(m2); i++) p2[i] += (float)(0.05 * ap_rng_normal(&r));
+    for (size_t i = 0; i < ap_model_num_floats(m2); i++)
+        p2[i] += (float)(0.05 * ap_rng_normal(&r));
 
     s_env_t E;
     s_env_new(&E);
@@ -348,8 +360,13 @@ static void s_conversation(void) {
     char mpath[900];
     snprintf(mpath, sizeof mpath, "%s/metrics-actor.jsonl", run);
     ap_metrics_t *met = ap_metrics_open(mpath, "actor", 1);
-    ap_actor_opts_t o = {.cfg = cfg, .run_dir = run, .net = E.net, .metrics = met,
-                         .mode = AP_ACTOR_STUDENT, .id = 1, .metrics_interval = 0.2};
+    ap_actor_opts_t o = {.cfg = cfg,
+                         .run_dir = run,
+                         .net = E.net,
+                         .metrics = met,
+                         .mode = AP_ACTOR_STUDENT,
+                         .id = 1,
+                         .metrics_interval = 0.2};
     s_run_t R = {.a = ap_actor_new(&o)};
     AP_ASSERTF(R.a, "%s", ap_errmsg());
     atomic_init(&R.done, 0);
@@ -358,7 +375,8 @@ static void s_conversation(void) {
 
     /* HELLO, then 2 credits: exactly 2 groups, version (1, 0) */
     double t0 = ap_now();
-    while (!E.hellos && ap_now() - t0 < 5) s_serve(&E, 0.01, NULL);
+    while (!E.hellos && ap_now() - t0 < 5)
+        s_serve(&E, 0.01, NULL);
     AP_CHECK(E.hellos == 1, "hello");
     s_grant(&E, 2, (ap_version_t){1, 0});
     s_serve(&E, 0.6, NULL);
@@ -378,13 +396,15 @@ static void s_conversation(void) {
         s_grant(&E, 1, (ap_version_t){1, 1});
         int before = E.groups;
         double t1 = ap_now();
-        while (E.groups == before && ap_now() - t1 < 3) s_serve(&E, 0.01, NULL);
+        while (E.groups == before && ap_now() - t1 < 3)
+            s_serve(&E, 0.01, NULL);
         swapped = E.last && E.last->version.step == 1;
     }
     AP_CHECK(swapped, "version (1, 1) swapped in");
     double err1 = swapped ? s_check_group(E.last, m2, task, tok, 0.9, 4, 8) : 1;
-    printf("case weights swap: version (1, 1) after %d groups, log-prob error vs new weights %.3g\n",
-           E.groups, err1);
+    printf(
+        "case weights swap: version (1, 1) after %d groups, log-prob error vs new weights %.3g\n",
+        E.groups, err1);
     AP_CHECK(err1 < 2e-4, "log-probs vs version (1, 1): %g", err1);
 
     /* RESET: HELLO again, nothing without new credit */
@@ -405,7 +425,8 @@ static void s_conversation(void) {
 
     ap_actor_stop(R.a);
     t0 = ap_now();
-    while (!atomic_load(&R.done) && ap_now() - t0 < 5) s_serve(&E, 0.01, NULL);
+    while (!atomic_load(&R.done) && ap_now() - t0 < 5)
+        s_serve(&E, 0.01, NULL);
     pthread_join(th, NULL);
     s_serve(&E, 0.1, NULL);
     AP_CHECK(R.rc == 0 && E.byes == 1, "stopped: rc %d, BYE %d", R.rc, E.byes);
@@ -419,7 +440,8 @@ static void s_conversation(void) {
     int recs = 0;
     FILE *f = fopen(mpath, "r");
     char line[1 << 14];
-    while (f && fgets(line, sizeof line, f)) recs += strstr(line, "\"actor/tokens_per_s\"") != NULL;
+    while (f && fgets(line, sizeof line, f))
+        recs += strstr(line, "\"actor/tokens_per_s\"") != NULL;
     if (f) fclose(f);
     AP_CHECK(recs >= 2, "actor metrics records: %d", recs);
 
@@ -427,10 +449,10 @@ static void s_conversation(void) {
     char *sp = ap_sprintf("%s/state/actor-1.json", run);
     AP_CHECK(ap_path_exists(sp), "state file %s", sp);
     free(sp);
-    ap_actor_t *again = ap_actor_new(&(ap_actor_opts_t){.cfg = cfg, .run_dir = run,
-                                                        .mode = AP_ACTOR_STUDENT, .id = 1});
-    ap_actor_t *fresh = ap_actor_new(&(ap_actor_opts_t){.cfg = cfg, .mode = AP_ACTOR_STUDENT,
-                                                        .id = 1});
+    ap_actor_t *again = ap_actor_new(
+        &(ap_actor_opts_t){.cfg = cfg, .run_dir = run, .mode = AP_ACTOR_STUDENT, .id = 1});
+    ap_actor_t *fresh =
+        ap_actor_new(&(ap_actor_opts_t){.cfg = cfg, .mode = AP_ACTOR_STUDENT, .id = 1});
     int repeats = 0;
     ap_group_t *ga = ap_actor_make_group(again);
     for (int k = 0; k < st.groups; k++) {
@@ -468,17 +490,20 @@ static void s_sync(void) {
     pthread_t th;
     AP_ASSERT(pthread_create(&th, NULL, s_run_main, &R) == 0);
     double t0 = ap_now();
-    while (!E.hellos && ap_now() - t0 < 5) s_serve(&E, 0.01, NULL);
+    while (!E.hellos && ap_now() - t0 < 5)
+        s_serve(&E, 0.01, NULL);
     s_grant(&E, 1, (ap_version_t){1, 1}); /* the learner is at (1, 1): not published yet */
     s_serve(&E, 0.5, NULL);
     AP_CHECK(E.groups == 0, "sync: no group before version (1, 1) (%d)", E.groups);
     s_publish(&E, m, (ap_version_t){1, 1});
     t0 = ap_now();
-    while (E.groups == 0 && ap_now() - t0 < 5) s_serve(&E, 0.01, NULL);
+    while (E.groups == 0 && ap_now() - t0 < 5)
+        s_serve(&E, 0.01, NULL);
     AP_CHECK(E.groups == 1 && E.last->version.step == 1, "sync: one group with version (1, 1)");
     printf("case sync: group after version (1, 1) arrived: %d\n", E.groups);
     ap_actor_stop(R.a);
-    while (!atomic_load(&R.done)) s_serve(&E, 0.01, NULL);
+    while (!atomic_load(&R.done))
+        s_serve(&E, 0.01, NULL);
     pthread_join(th, NULL);
     AP_CHECK(R.rc == 0, "sync actor rc");
     ap_actor_destroy(&R.a);
@@ -513,7 +538,8 @@ static void s_eval(void) {
         s_serve(&E, 0.3, NULL); /* an evaluation, if due, is done by then */
     }
     ap_actor_stop(R.a);
-    while (!atomic_load(&R.done)) s_serve(&E, 0.01, NULL);
+    while (!atomic_load(&R.done))
+        s_serve(&E, 0.01, NULL);
     pthread_join(th, NULL);
     ap_metrics_close(&met);
     ap_actor_stats(R.a, &st);
@@ -532,7 +558,8 @@ static void s_eval(void) {
     }
     if (f) fclose(f);
     printf("case eval: %ld evaluations at steps", st.evaluations);
-    for (int i = 0; i < n; i++) printf(" %ld", steps[i]);
+    for (int i = 0; i < n; i++)
+        printf(" %ld", steps[i]);
     printf(" (eval_every 2, versions 0..3)\n");
     AP_CHECK(R.rc == 0 && n == 2 && steps[0] == 0 && steps[1] == 2 && keys,
              "evaluated %d versions (want steps 0 and 2)", n);

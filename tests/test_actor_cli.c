@@ -39,7 +39,8 @@ static int s_wait(pid_t p, double timeout) {
     double t0 = ap_now();
     int st;
     while (ap_now() - t0 < timeout) {
-        if (waitpid(p, &st, WNOHANG) == p) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        if (waitpid(p, &st, WNOHANG) == p)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         ap_sleep(0.01);
     }
     kill(p, SIGKILL);
@@ -81,14 +82,15 @@ static void s_serve(s_fake_t *F, double secs, int until_groups) {
             const ap_group_t *g = m.u.group;
             F->dataset_ok += g->source == AP_SOURCE_DATASET && g->G == 1 &&
                              ap_version_is_zero(g->version) && (g->id >> 39 & 1);
-            F->version_ok += g->source == AP_SOURCE_ON_POLICY && g->version.gen == 1 &&
-                             g->version.step == 0;
+            F->version_ok +=
+                g->source == AP_SOURCE_ON_POLICY && g->version.gen == 1 && g->version.step == 0;
             c.u.credit.grant = 1;
             c.u.credit.ack_seq = m.seq;
         } else if (m.type == AP_MSG_BYE) {
             F->byes++;
         }
-        if (c.u.credit.grant && ap_sock_send(F->router, &from, &c) == 0) F->granted += c.u.credit.grant;
+        if (c.u.credit.grant && ap_sock_send(F->router, &from, &c) == 0)
+            F->granted += c.u.credit.grant;
         ap_msg_clear(&m);
     }
 }
@@ -140,8 +142,12 @@ int main(void) {
                                  ap_learner_table_hash(m), arena, bytes) == 0);
     ap_msg_limits_t lim;
     ap_msg_limits_default(&lim);
-    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER, .endpoint = ep_a + strlen("endpoints.buffer_actors="),
-                         .bind = 1, .max_msg = 16 << 20, .limits = &lim, .name = "fake-buffer"};
+    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER,
+                         .endpoint = ep_a + strlen("endpoints.buffer_actors="),
+                         .bind = 1,
+                         .max_msg = 16 << 20,
+                         .limits = &lim,
+                         .name = "fake-buffer"};
     F.router = ap_sock_new(net, &so);
     AP_ASSERTF(F.router, "%s", ap_errmsg());
 
@@ -164,11 +170,11 @@ int main(void) {
     if (rc < 0) rc = s_wait(p, 1);
     double dt = ap_now() - t0;
     s_serve(&F, 0.1, 0);
-    AP_CHECK(rc == 0 && dt < 3 && F.byes == 1, "student: exit %d in %.2f s, BYE %d", rc, dt, F.byes);
-    AP_CHECK(F.hellos == 1 && !strcmp(F.hello, "actor-0") && F.groups >= 4 &&
-                 F.version_ok == F.groups,
-             "student: hello %s, %d groups, %d with version (1, 0)", F.hello, F.groups,
-             F.version_ok);
+    AP_CHECK(rc == 0 && dt < 3 && F.byes == 1, "student: exit %d in %.2f s, BYE %d", rc, dt,
+             F.byes);
+    AP_CHECK(
+        F.hellos == 1 && !strcmp(F.hello, "actor-0") && F.groups >= 4 && F.version_ok == F.groups,
+        "student: hello %s, %d groups, %d with version (1, 0)", F.hello, F.groups, F.version_ok);
     char met[PATH_MAX + 64], state[PATH_MAX + 64];
     snprintf(met, sizeof met, "%s/metrics/actor-0.jsonl", run);
     snprintf(state, sizeof state, "%s/state/actor-0.json", run);
@@ -194,7 +200,8 @@ int main(void) {
     printf("case dataset: %d gold groups, SIGINT exit %d\n", F.groups, rc);
 
     /* evaluator, simulated: idles until stopped */
-    const char *a3[] = {bin, "actor", "--run", run, "--id", "0", "--mode", "eval", "--simulate", NULL};
+    const char *a3[] = {bin, "actor",  "--run", run,          "--id",
+                        "0", "--mode", "eval",  "--simulate", NULL};
     snprintf(log, sizeof log, "%s/eval.log", root);
     p = s_spawn(a3, log);
     s_serve(&F, 0.5, 0);

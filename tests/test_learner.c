@@ -42,7 +42,8 @@ static double s_opd_gap(ap_model_t *m, const ap_batch_t *b) {
             int off = g->offset[i], len = g->offset[i + 1] - off;
             float lp[64];
             fx_logprobs(m, g->prompt, g->n_prompt, g->tokens + off, len, 1.0, lp);
-            for (int t = 0; t < len; t++) s += fabs(lp[t] - e->sampled[off + t]), n++;
+            for (int t = 0; t < len; t++)
+                s += fabs(lp[t] - e->sampled[off + t]), n++;
         }
     }
     return s / n;
@@ -65,7 +66,8 @@ static void s_objective_case(const char *name, const char *set1, const char *set
         finite &= isfinite(st.loss) && isfinite(st.grad_norm);
         stepped += st.skipped == AP_LEARNER_STEPPED;
         if (st.skipped != AP_LEARNER_STEPPED)
-            fprintf(stderr, "  %s step %d skipped: %s\n", name, s, ap_learner_skip_name(st.skipped));
+            fprintf(stderr, "  %s step %d skipped: %s\n", name, s,
+                    ap_learner_skip_name(st.skipped));
     }
     AP_CHECK(finite && stepped == steps, "%s: %d of %d stepped, finite %d", name, stepped, steps,
              finite);
@@ -93,8 +95,8 @@ static void s_objectives(void) {
     bo.ext = FX_FULL;
     s_objective_case("gkd full", "objective.gkd.enabled=true", NULL, bo, S_FALLS);
     bo.ext = FX_TOPK;
-    s_objective_case("gkd topk_tail", "objective.gkd.enabled=true", "objective.gkd.support=topk_tail",
-                     bo, S_FALLS);
+    s_objective_case("gkd topk_tail", "objective.gkd.enabled=true",
+                     "objective.gkd.support=topk_tail", bo, S_FALLS);
     bo.ext = FX_FULL;
     s_objective_case("opd", "objective.opd.enabled=true", NULL, bo, S_GAP_FALLS);
     bo = fx_batch_defaults();
@@ -176,8 +178,8 @@ static void s_masks(void) {
             ones += want > 0;
         }
     }
-    printf("case masks (EOS, '+' = id %d, padding): %d of %d positions differ, %d kept\n", plus, bad,
-           lb->N * lb->T, ones);
+    printf("case masks (EOS, '+' = id %d, padding): %d of %d positions differ, %d kept\n", plus,
+           bad, lb->N * lb->T, ones);
     AP_CHECK(bad == 0 && ones > 0, "mask mismatches %d", bad);
     AP_CHECK(ap_monitors_get(&st.mon, "mask/special_frac", 0) > 0, "special_frac reported");
     ap_batch_destroy(&b);
@@ -197,8 +199,8 @@ static void s_masks(void) {
 }
 
 static void s_skips(void) {
-    ap_config_t *cfg = fx_config(s_student, "objective.grpo.enabled=true",
-                                 "objective.gkd.enabled=true", NULL);
+    ap_config_t *cfg =
+        fx_config(s_student, "objective.grpo.enabled=true", "objective.gkd.enabled=true", NULL);
     ap_learner_t *L = s_new(cfg, NULL);
     ap_model_t *m = ap_learner_model(L);
     fx_batch_opts_t bo = fx_batch_defaults();
@@ -212,7 +214,8 @@ static void s_skips(void) {
     w[3] = NAN;
     uint64_t before = ap_model_checksum(m);
     AP_CHECK(ap_learner_step(L, b, &st) == 0, "nonfinite step: %s", ap_errmsg());
-    AP_CHECK(st.skipped == AP_LEARNER_SKIP_NONFINITE, "skipped %s", ap_learner_skip_name(st.skipped));
+    AP_CHECK(st.skipped == AP_LEARNER_SKIP_NONFINITE, "skipped %s",
+             ap_learner_skip_name(st.skipped));
     AP_CHECK(ap_learner_skipped(L, AP_LEARNER_SKIP_NONFINITE) == 1, "counted");
     AP_CHECK(ap_model_checksum(m) == before && ap_model_step_count(m) == 0 &&
                  ap_learner_version(L).step == 0,
@@ -235,7 +238,8 @@ static void s_skips(void) {
 
     /* empty: every item carries an out-of-range token */
     ap_batch_t *be = fx_batch(m, &bo);
-    for (int j = 0; j < be->n_items; j++) be->items[j].group->tokens[0] = 100000;
+    for (int j = 0; j < be->n_items; j++)
+        be->items[j].group->tokens[0] = 100000;
     AP_CHECK(ap_learner_step(L, be, &st) == 0 && st.skipped == AP_LEARNER_SKIP_EMPTY &&
                  ap_learner_last_batch(L)->dropped == 8,
              "empty skip: %s", ap_learner_skip_name(st.skipped));
@@ -270,9 +274,9 @@ static void s_resume(const char *root) {
     char run[700];
     snprintf(run, sizeof run, "%s/run", root);
     ap_mkdirs(run);
-    ap_config_t *cfg = fx_config(s_student, "objective.grpo.enabled=true",
-                                 "objective.opsd.enabled=true", "learner.rollouts_every=1",
-                                 "learner.rollouts_per_step=2", NULL);
+    ap_config_t *cfg =
+        fx_config(s_student, "objective.grpo.enabled=true", "objective.opsd.enabled=true",
+                  "learner.rollouts_every=1", "learner.rollouts_per_step=2", NULL);
     ap_learner_t *A = s_new(cfg, run);
     AP_CHECK(ap_learner_version(A).gen == 1 && ap_learner_resumed_from(A) == -1, "fresh gen 1");
     fx_batch_opts_t bo = fx_batch_defaults();
@@ -302,7 +306,8 @@ static void s_resume(const char *root) {
     AP_CHECK(ap_learner_step(A, b2, &sa) == 0 && ap_learner_step(B, b2, &sb) == 0, "next steps");
     AP_CHECK(ap_model_checksum(ap_learner_model(A)) == ap_model_checksum(ap_learner_model(B)) &&
                  sa.loss == sb.loss,
-             "bit-exact next step (optimizer moments restored): loss %.9g vs %.9g", sa.loss, sb.loss);
+             "bit-exact next step (optimizer moments restored): loss %.9g vs %.9g", sa.loss,
+             sb.loss);
     printf("case resume: step %llu, gen %u -> %u, checksum %016llx, next-step loss %.6f both\n",
            (unsigned long long)ap_learner_version(B).step, ap_learner_version(A).gen,
            ap_learner_version(B).gen, (unsigned long long)sumA, sb.loss);

@@ -15,11 +15,15 @@
 
 static void s_full_row(float *row, int q) {
     float z[NV];
-    for (int v = 0; v < NV; v++) z[v] = (float)((q + 1) * 0.1 * v + 0.05 * (v % 3));
+    for (int v = 0; v < NV; v++)
+        z[v] = (float)((q + 1) * 0.1 * v + 0.05 * (v % 3));
     double m = z[0], a = 0;
-    for (int v = 1; v < NV; v++) m = fmax(m, z[v]);
-    for (int v = 0; v < NV; v++) a += exp(z[v] - m);
-    for (int v = 0; v < NV; v++) row[v] = (float)(z[v] - m - log(a));
+    for (int v = 1; v < NV; v++)
+        m = fmax(m, z[v]);
+    for (int v = 0; v < NV; v++)
+        a += exp(z[v] - m);
+    for (int v = 0; v < NV; v++)
+        row[v] = (float)(z[v] - m - log(a));
 }
 
 static ap_batch_t *s_batch(void) {
@@ -63,7 +67,8 @@ static ap_batch_t *s_batch(void) {
         ap_group_t *g = ap_group_new(1, 2, len, NULL);
         g->id = 200, g->source = AP_SOURCE_DATASET, g->temperature = 0;
         g->prompt[0] = 1, g->prompt[1] = 4;
-        for (int t = 0; t < 4; t++) g->tokens[t] = 5 + t;
+        for (int t = 0; t < 4; t++)
+            g->tokens[t] = 5 + t;
         g->finish[0] = AP_FINISH_LENGTH;
         ap_scores_t *e = ap_scores_new(1, g->offset, 4, 0, NV);
         e->group_id = 200, e->kind = AP_TEACHER_EXTERNAL;
@@ -84,8 +89,10 @@ static ap_batch_t *s_batch(void) {
         int len[1] = {4};
         ap_group_t *g = ap_group_new(1, 6, len, NULL);
         g->id = 300;
-        for (int t = 0; t < 6; t++) g->prompt[t] = 3;
-        for (int t = 0; t < 4; t++) g->tokens[t] = 4;
+        for (int t = 0; t < 6; t++)
+            g->prompt[t] = 3;
+        for (int t = 0; t < 4; t++)
+            g->tokens[t] = 4;
         b->items[2].group = g;
     }
     /* item 3: on-policy, external scores at temperature 2 (refused: missing) */
@@ -101,7 +108,8 @@ static ap_batch_t *s_batch(void) {
         ap_scores_t *e = ap_scores_new(1, g->offset, 4, 0, NV);
         e->group_id = 400, e->kind = AP_TEACHER_EXTERNAL, e->temperature = 2.0f;
         for (int q = 0; q < 2; q++)
-            for (int k = 0; k < 4; k++) e->ids[q * 4 + k] = k, e->logprobs[q * 4 + k] = -1.0f - k;
+            for (int k = 0; k < 4; k++)
+                e->ids[q * 4 + k] = k, e->logprobs[q * 4 + k] = -1.0f - k;
         b->items[3].group = g;
         b->items[3].n_scores = 1;
         b->items[3].scores = ap_calloc(1, sizeof(ap_scores_t *));
@@ -112,20 +120,23 @@ static ap_batch_t *s_batch(void) {
 
 static void s_check_ints(const char *what, const int32_t *got, const int32_t *want, int n) {
     int bad = 0;
-    for (int i = 0; i < n; i++) bad += got[i] != want[i];
+    for (int i = 0; i < n; i++)
+        bad += got[i] != want[i];
     AP_CHECK(bad == 0, "%s: %d of %d entries differ", what, bad, n);
     if (bad)
         for (int i = 0; i < n; i++)
-            if (got[i] != want[i]) fprintf(stderr, "    %s[%d] = %d, want %d\n", what, i, got[i], want[i]);
+            if (got[i] != want[i])
+                fprintf(stderr, "    %s[%d] = %d, want %d\n", what, i, got[i], want[i]);
 }
 
 int main(void) {
     ap_log_set_role("test_learner_batch", 0);
-    ap_learner_batch_opts_t o = {.V = NV, .pad_id = 0, .max_seq = 8, .topk_k = 3,
-                                 .sampling_tau = 1.0};
+    ap_learner_batch_opts_t o = {
+        .V = NV, .pad_id = 0, .max_seq = 8, .topk_k = 3, .sampling_tau = 1.0};
     o.need[AP_TEACHER_EXTERNAL] = o.need[AP_TEACHER_SELF] = 1;
     o.full[AP_TEACHER_EXTERNAL] = o.topk[AP_TEACHER_EXTERNAL] = o.topk[AP_TEACHER_SELF] = 1;
-    for (int k = 0; k < AP_TEACHER_COUNT; k++) o.tau[k] = 1.0;
+    for (int k = 0; k < AP_TEACHER_COUNT; k++)
+        o.tau[k] = 1.0;
 
     ap_batch_t *b = s_batch();
     ap_learner_batch_t *lb = ap_learner_batch_new();
@@ -135,8 +146,10 @@ int main(void) {
              lb->n_items);
     AP_CHECK(lb->dropped == 1, "dropped %ld", lb->dropped);
     AP_CHECK(lb->bad_scores == 1, "bad_scores %ld", lb->bad_scores);
-    AP_CHECK(lb->missing[AP_TEACHER_EXTERNAL] == 2, "missing external %ld (dataset top-K only "
-             "for a full form, and refused scores)", lb->missing[AP_TEACHER_EXTERNAL]);
+    AP_CHECK(lb->missing[AP_TEACHER_EXTERNAL] == 2,
+             "missing external %ld (dataset top-K only "
+             "for a full form, and refused scores)",
+             lb->missing[AP_TEACHER_EXTERNAL]);
     AP_CHECK(lb->missing[AP_TEACHER_SELF] == 0, "missing self %ld", lb->missing[AP_TEACHER_SELF]);
 
     /* student inputs and positions */
@@ -168,13 +181,14 @@ int main(void) {
     for (int n = 0; n < 4; n++)
         for (int t = 0; t < lb->length[n]; t++) {
             int pos = lb->prompt_len[n] - 1 + t;
-            int32_t before = t == 0 ? lb->inputs[n * 5 + lb->prompt_len[n] - 1]
-                                    : lb->tokens[n * 4 + t - 1];
+            int32_t before =
+                t == 0 ? lb->inputs[n * 5 + lb->prompt_len[n] - 1] : lb->tokens[n * 4 + t - 1];
             AP_CHECK(pos < lb->input_len[n] && lb->inputs[n * 5 + pos] == before,
                      "row %d t %d: input position %d", n, t, pos);
         }
     const float beh[16] = {-0.1f, -0.2f, -0.3f, 0, -0.4f, -0.5f, 0, 0, 0, 0, 0, 0, -1, -2, 0, 0};
-    for (int p = 0; p < 16; p++) AP_CHECK(lb->behavior[p] == beh[p], "behavior[%d] %g", p, lb->behavior[p]);
+    for (int p = 0; p < 16; p++)
+        AP_CHECK(lb->behavior[p] == beh[p], "behavior[%d] %g", p, lb->behavior[p]);
 
     /* external: full rows copied for item 0, NaN where only top-K (or nothing usable) came */
     const ap_learner_signal_t *e = &lb->sig[AP_TEACHER_EXTERNAL];
@@ -189,7 +203,8 @@ int main(void) {
         for (int t = 0; t < lb->length[n]; t++, q++) {
             s_full_row(row, q);
             const float *got = e->full + ((size_t)n * 4 + t) * NV;
-            for (int v = 0; v < NV; v++) maxerr = fmax(maxerr, fabs(got[v] - row[v]));
+            for (int v = 0; v < NV; v++)
+                maxerr = fmax(maxerr, fabs(got[v] - row[v]));
             /* top-4 selected from the full row: naive reference */
             int32_t rid[4];
             float rlp[4];
@@ -197,7 +212,8 @@ int main(void) {
                 int best = -1;
                 for (int v = 0; v < NV; v++) {
                     int used = 0;
-                    for (int i = 0; i < j; i++) used |= rid[i] == v;
+                    for (int i = 0; i < j; i++)
+                        used |= rid[i] == v;
                     if (!used && (best < 0 || row[v] > row[best])) best = v;
                 }
                 rid[j] = best, rlp[j] = row[best];
@@ -205,9 +221,11 @@ int main(void) {
             const int32_t *gi = e->ids + ((size_t)n * 4 + t) * 4;
             const float *gl = e->lp + ((size_t)n * 4 + t) * 4;
             for (int j = 0; j < 4; j++)
-                AP_CHECK(gi[j] == rid[j] && gl[j] == rlp[j], "row %d t %d top[%d]: %d %g want %d %g",
-                         n, t, j, gi[j], gl[j], rid[j], rlp[j]);
-            AP_CHECK(e->sampled[n * 4 + t] == row[lb->tokens[n * 4 + t]], "sampled row %d t %d", n, t);
+                AP_CHECK(gi[j] == rid[j] && gl[j] == rlp[j],
+                         "row %d t %d top[%d]: %d %g want %d %g", n, t, j, gi[j], gl[j], rid[j],
+                         rlp[j]);
+            AP_CHECK(e->sampled[n * 4 + t] == row[lb->tokens[n * 4 + t]], "sampled row %d t %d", n,
+                     t);
         }
     printf("case full->full rows: largest error %.3g\n", maxerr);
     AP_CHECK(maxerr == 0, "full rows copied exactly");
@@ -217,7 +235,8 @@ int main(void) {
         const int32_t *gi = e->ids + ((size_t)2 * 4 + t) * 4;
         const float *gl = e->lp + ((size_t)2 * 4 + t) * 4;
         for (int k = 0; k < 4; k++)
-            AP_CHECK(gi[k] == 8 - k && gl[k] == -0.2f - k - 0.01f * t, "dataset top-K t %d k %d", t, k);
+            AP_CHECK(gi[k] == 8 - k && gl[k] == -0.2f - k - 0.01f * t, "dataset top-K t %d k %d", t,
+                     k);
         AP_CHECK(e->sampled[2 * 4 + t] == -1.5f, "dataset sampled");
     }
     for (int t = 0; t < 2; t++)
@@ -242,7 +261,8 @@ int main(void) {
     int len2[3] = {1, 5, 2};
     ap_group_t *g2 = ap_group_new(3, 1, len2, NULL);
     g2->prompt[0] = 1;
-    for (int i = 0; i < 8; i++) g2->tokens[i] = 3 + i % 6;
+    for (int i = 0; i < 8; i++)
+        g2->tokens[i] = 3 + i % 6;
     b2->items[0].group = g2;
     int N2 = ap_learner_batch_build(lb, b2, &o);
     AP_CHECK(N2 == 3 && lb->T == 5 && lb->S == 5, "second batch N %d T %d S %d", N2, lb->T, lb->S);

@@ -38,7 +38,8 @@ static int s_wait(pid_t p, double timeout) {
     double t0 = ap_now();
     int st;
     while (ap_now() - t0 < timeout) {
-        if (waitpid(p, &st, WNOHANG) == p) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        if (waitpid(p, &st, WNOHANG) == p)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         ap_sleep(0.01);
     }
     kill(p, SIGKILL);
@@ -129,8 +130,12 @@ int main(void) {
     ap_net_t *net = ap_net_new(&(ap_net_opts_t){0});
     ap_msg_limits_t lim;
     ap_msg_limits_default(&lim);
-    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER, .endpoint = ep_b + strlen("endpoints.buffer_learner="),
-                         .bind = 1, .max_msg = 16 << 20, .limits = &lim, .name = "fake-buffer"};
+    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER,
+                         .endpoint = ep_b + strlen("endpoints.buffer_learner="),
+                         .bind = 1,
+                         .max_msg = 16 << 20,
+                         .limits = &lim,
+                         .name = "fake-buffer"};
     ap_sock_t *router = ap_sock_new(net, &so);
     AP_ASSERTF(router, "%s", ap_errmsg());
     ap_model_t *shadow = ap_model_load(student);
@@ -154,7 +159,8 @@ int main(void) {
     AP_CHECK(s_file_has(latest, "ckpt/step-"), "checkpoint at exit");
     AP_CHECK(s_file_has(met, "\"loss/total\"") && s_file_has(met, "\"event\":\"checkpoint\""),
              "metrics file %s", met);
-    printf("case SIGTERM: exit %d in %.2f s after %d batches; latest written\n", rc, dt, S.answered);
+    printf("case SIGTERM: exit %d in %.2f s after %d batches; latest written\n", rc, dt,
+           S.answered);
 
     /* 3. again: resumes with generation 2 */
     snprintf(log, sizeof log, "%s/learner-2.log", root);
@@ -162,11 +168,12 @@ int main(void) {
     p = s_spawn(argv, log);
     s_serve(router, shadow, &S2, 20, 2);
     t0 = ap_now();
-    while (S2.hb.gen == 0 && ap_now() - t0 < 5) s_serve(router, shadow, &S2, 0.1, 0);
+    while (S2.hb.gen == 0 && ap_now() - t0 < 5)
+        s_serve(router, shadow, &S2, 0.1, 0);
     kill(p, SIGINT);
     rc = s_wait(p, 10);
-    AP_CHECK(rc == 0 && S2.hellos == 1 && S2.hb.gen == 2, "resumed: exit %d, heartbeat gen %u",
-             rc, S2.hb.gen);
+    AP_CHECK(rc == 0 && S2.hellos == 1 && S2.hb.gen == 2, "resumed: exit %d, heartbeat gen %u", rc,
+             S2.hb.gen);
     AP_CHECK(s_file_has(log, "resumed from"), "the log says it resumed");
     printf("case restart: resumed, heartbeats at gen %u, SIGINT exit %d\n", S2.hb.gen, rc);
 

@@ -79,30 +79,42 @@ static inline ap_config_t *fx_config(const char *student, ...) {
 enum { FX_NONE = 0, FX_FULL = 1, FX_TOPK = 2 };
 
 typedef struct {
-    int groups;           /* on-policy groups */
-    int G;                /* trajectories per on-policy group */
-    int dataset;          /* dataset groups (one gold-like completion each) */
-    int ext, self;        /* FX_NONE / FX_FULL / FX_TOPK */
-    int ref;              /* 1: reference scores (sampled log-probs) */
-    int K;                /* top-K size */
-    int max_len;          /* longest completion (EOS included) */
-    int truncate;         /* 1: every on-policy trajectory finishes by length (no EOS) */
-    float tau;            /* sampling temperature of the behaviour log-probs */
+    int groups;    /* on-policy groups */
+    int G;         /* trajectories per on-policy group */
+    int dataset;   /* dataset groups (one gold-like completion each) */
+    int ext, self; /* FX_NONE / FX_FULL / FX_TOPK */
+    int ref;       /* 1: reference scores (sampled log-probs) */
+    int K;         /* top-K size */
+    int max_len;   /* longest completion (EOS included) */
+    int truncate;  /* 1: every on-policy trajectory finishes by length (no EOS) */
+    float tau;     /* sampling temperature of the behaviour log-probs */
     uint64_t seed;
     ap_version_t version; /* of the on-policy groups */
 } fx_batch_opts_t;
 
 static inline fx_batch_opts_t fx_batch_defaults(void) {
-    return (fx_batch_opts_t){.groups = 2, .G = 4, .dataset = 0, .ext = FX_NONE, .self = FX_NONE,
-                             .ref = 0, .K = 4, .max_len = 6, .truncate = 0, .tau = 1.0f,
-                             .seed = 1, .version = {1, 0}};
+    return (fx_batch_opts_t){.groups = 2,
+                             .G = 4,
+                             .dataset = 0,
+                             .ext = FX_NONE,
+                             .self = FX_NONE,
+                             .ref = 0,
+                             .K = 4,
+                             .max_len = 6,
+                             .truncate = 0,
+                             .tau = 1.0f,
+                             .seed = 1,
+                             .version = {1, 0}};
 }
 
 static inline void fx_logsoftmax_row(float *out, const float *z, int V, double tau) {
     double m = z[0], acc = 0;
-    for (int v = 1; v < V; v++) m = z[v] > m ? z[v] : m;
-    for (int v = 0; v < V; v++) acc += exp((z[v] - m) / tau);
-    for (int v = 0; v < V; v++) out[v] = (float)((z[v] - m) / tau - log(acc));
+    for (int v = 1; v < V; v++)
+        m = z[v] > m ? z[v] : m;
+    for (int v = 0; v < V; v++)
+        acc += exp((z[v] - m) / tau);
+    for (int v = 0; v < V; v++)
+        out[v] = (float)((z[v] - m) / tau - log(acc));
 }
 
 /* Top-K of lp [V] by descending value, ties to the lower id (naive, for reference). */
@@ -111,7 +123,8 @@ static inline void fx_topk_row(int32_t *ids, float *out, const float *lp, int V,
         int best = -1;
         for (int v = 0; v < V; v++) {
             int used = 0;
-            for (int i = 0; i < j; i++) used |= ids[i] == v;
+            for (int i = 0; i < j; i++)
+                used |= ids[i] == v;
             if (!used && (best < 0 || lp[v] > lp[best])) best = v;
         }
         ids[j] = best, out[j] = lp[best];
@@ -148,12 +161,15 @@ static inline ap_scores_t *fx_scores(const ap_group_t *g, int V, int form, int K
         s->present[i] = kind == AP_TEACHER_SELF ? ap_group_has_ctx(g, i) : 1;
         if (!s->present[i]) continue;
         for (int q = g->offset[i]; q < g->offset[i + 1]; q++) {
-            for (int v = 0; v < V; v++) z[v] = (float)(2 * ap_rng_normal(r));
+            for (int v = 0; v < V; v++)
+                z[v] = (float)(2 * ap_rng_normal(r));
             z[g->tokens[q]] += 2.0f; /* teachers like the sampled token a bit */
             fx_logsoftmax_row(lp, z, V, 1.0);
             s->sampled[q] = lp[g->tokens[q]];
-            if (form == FX_FULL) memcpy(s->logprobs + (size_t)q * V, lp, (size_t)V * sizeof *lp);
-            else fx_topk_row(s->ids + (size_t)q * K, s->logprobs + (size_t)q * K, lp, V, K);
+            if (form == FX_FULL)
+                memcpy(s->logprobs + (size_t)q * V, lp, (size_t)V * sizeof *lp);
+            else
+                fx_topk_row(s->ids + (size_t)q * K, s->logprobs + (size_t)q * K, lp, V, K);
         }
     }
     free(z), free(lp);
@@ -179,10 +195,12 @@ static inline ap_batch_t *fx_batch(ap_model_t *m, const fx_batch_opts_t *o) {
         g->version = on ? o->version : (ap_version_t){0, 0};
         g->temperature = on ? o->tau : 0.0f;
         g->prompt[0] = 1;
-        for (int t = 1; t < np; t++) g->prompt[t] = 3 + (int32_t)ap_rng_below(&r, (uint64_t)(V - 3));
+        for (int t = 1; t < np; t++)
+            g->prompt[t] = 3 + (int32_t)ap_rng_below(&r, (uint64_t)(V - 3));
         for (int i = 0; i < G; i++) {
             int32_t *y = g->tokens + g->offset[i];
-            for (int t = 0; t < len[i]; t++) y[t] = 3 + (int32_t)ap_rng_below(&r, (uint64_t)(V - 3));
+            for (int t = 0; t < len[i]; t++)
+                y[t] = 3 + (int32_t)ap_rng_below(&r, (uint64_t)(V - 3));
             int trunc = on && o->truncate;
             if (!trunc) y[len[i] - 1] = 2; /* <eos> */
             g->finish[i] = trunc ? AP_FINISH_LENGTH : AP_FINISH_EOS;
@@ -201,7 +219,8 @@ static inline ap_batch_t *fx_batch(ap_model_t *m, const fx_batch_opts_t *o) {
         if (on && o->ref) sc[ns++] = fx_scores(g, V, FX_TOPK, 1, AP_TEACHER_REFERENCE, &r);
         b->items[j].n_scores = ns;
         b->items[j].scores = ap_calloc(3, sizeof(ap_scores_t *));
-        for (int k = 0; k < ns; k++) b->items[j].scores[k] = sc[k];
+        for (int k = 0; k < ns; k++)
+            b->items[j].scores[k] = sc[k];
     }
     return b;
 }

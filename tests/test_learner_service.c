@@ -3,9 +3,9 @@
  *   1. async: HELLO (vocabulary), exactly learner.prefetch requests in flight and never more,
  *      batches sent in two parts out of order are reassembled, a part for an unknown request is
  *      dropped, a request whose parts disagree is given up and replaced, RESET -> HELLO again
- *      and fresh requests (the learner's counters report each), heartbeats with the version, weights
- *      published at start and every sync_every steps (the client verifies each),
- *      run.max_steps -> final checkpoint, `latest`, metrics and rollouts, BYE, exit 0;
+ *      and fresh requests (the learner's counters report each), heartbeats with the version,
+ * weights published at start and every sync_every steps (the client verifies each), run.max_steps
+ * -> final checkpoint, `latest`, metrics and rollouts, BYE, exit 0;
  *   2. stop request mid-run: returns 0 promptly with a checkpoint of the current step;
  *   3. sync mode: one request at a time, each carrying the version of the step before, and
  *      that version published before the request leaves. */
@@ -51,7 +51,8 @@ static void s_answer(ap_sock_t *r, const ap_peer_t *to, uint64_t id, ap_batch_t 
     AP_ASSERT(b->n_items >= 2);
     ap_batch_t *p[2] = {ap_batch_new(1), ap_batch_new(b->n_items - 1)};
     p[0]->items[0] = b->items[0];
-    for (int j = 1; j < b->n_items; j++) p[1]->items[j - 1] = b->items[j];
+    for (int j = 1; j < b->n_items; j++)
+        p[1]->items[j - 1] = b->items[j];
     for (int k = 1; k >= 0; k--) {
         p[k]->request_id = id, p[k]->part = k, p[k]->parts = 2;
         ap_msg_t m = {.type = AP_MSG_BATCH, .u.batch = p[k]};
@@ -69,7 +70,8 @@ static int s_lines_with(const char *path, const char *needle) {
     if (!f) return -1;
     char line[1 << 16];
     int n = 0;
-    while (fgets(line, sizeof line, f)) n += strstr(line, needle) != NULL;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
     fclose(f);
     return n;
 }
@@ -77,10 +79,10 @@ static int s_lines_with(const char *path, const char *needle) {
 typedef struct {
     const char *name;
     int sync;
-    int reset_after;   /* send RESET after this many answers (0: never) */
-    int stop_after;    /* ap_learner_stop after this many answers (0: never) */
+    int reset_after; /* send RESET after this many answers (0: never) */
+    int stop_after;  /* ap_learner_stop after this many answers (0: never) */
     int max_steps;
-    double delay;      /* seconds before each answer (lets heartbeats happen) */
+    double delay; /* seconds before each answer (lets heartbeats happen) */
 } s_case_t;
 
 static void s_case(const char *root, const s_case_t *c) {
@@ -98,21 +100,26 @@ static void s_case(const char *root, const s_case_t *c) {
     AP_ASSERTF(net, "%s", ap_errmsg());
     ap_msg_limits_t lim;
     ap_msg_limits_default(&lim);
-    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER, .endpoint = "inproc://buffer-learner", .bind = 1,
-                         .max_msg = 64 << 20, .limits = &lim, .name = "fake-buffer"};
+    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER,
+                         .endpoint = "inproc://buffer-learner",
+                         .bind = 1,
+                         .max_msg = 64 << 20,
+                         .limits = &lim,
+                         .name = "fake-buffer"};
     ap_sock_t *router = ap_sock_new(net, &so);
     AP_ASSERTF(router, "%s", ap_errmsg());
     snprintf(mpath, sizeof mpath, "%s/metrics-learner.jsonl", run);
     ap_metrics_t *met = ap_metrics_open(mpath, "learner", 0);
-    ap_learner_opts_t lo = {.cfg = cfg, .run_dir = run, .net = net, .metrics = met,
-                            .name = "learner-0"};
+    ap_learner_opts_t lo = {
+        .cfg = cfg, .run_dir = run, .net = net, .metrics = met, .name = "learner-0"};
     s_run_t R = {.L = ap_learner_new(&lo)};
     AP_ASSERTF(R.L, "%s", ap_errmsg());
     ap_model_t *shadow = ap_model_load(s_student); /* behaviour log-probs of the batches */
     atomic_init(&R.done, 0);
     pthread_t th;
     AP_ASSERT(pthread_create(&th, NULL, s_run_main, &R) == 0);
-    ap_wclient_opts_t wo = {.endpoint = "inproc://weights", .pub_endpoint = "inproc://weights-pub",
+    ap_wclient_opts_t wo = {.endpoint = "inproc://weights",
+                            .pub_endpoint = "inproc://weights-pub",
                             .poll_interval = 0.05};
     ap_wclient_t *wc = ap_wclient_spawn(net, &wo);
     AP_ASSERTF(wc, "%s", ap_errmsg());
@@ -139,8 +146,9 @@ static void s_case(const char *root, const s_case_t *c) {
         case AP_MSG_HELLO:
             F.hellos++;
             learner = from;
-            AP_CHECK(m.u.hello.role == AP_ROLE_LEARNER && m.u.hello.vocab_size ==
-                         ap_model_config(shadow)->vocab_size && m.u.hello.vocab_hash != 0,
+            AP_CHECK(m.u.hello.role == AP_ROLE_LEARNER &&
+                         m.u.hello.vocab_size == ap_model_config(shadow)->vocab_size &&
+                         m.u.hello.vocab_hash != 0,
                      "hello fields");
             break;
         case AP_MSG_BATCH_REQUEST:
@@ -155,8 +163,11 @@ static void s_case(const char *root, const s_case_t *c) {
             F.heartbeats++;
             F.last_hb = m.u.heartbeat.version;
             break;
-        case AP_MSG_BYE: F.byes++; break;
-        default: break;
+        case AP_MSG_BYE:
+            F.byes++;
+            break;
+        default:
+            break;
         }
         ap_msg_clear(&m);
         /* answer the oldest request once the prefetch window has been seen (async), or at once */
@@ -281,7 +292,8 @@ static void s_case(const char *root, const s_case_t *c) {
         AP_CHECK(v.step >= 1 && (int)v.step <= c->stop_after, "%s: stopped at %llu", c->name,
                  (unsigned long long)v.step);
     } else {
-        AP_CHECK((int)v.step == c->max_steps, "%s: reached %llu", c->name, (unsigned long long)v.step);
+        AP_CHECK((int)v.step == c->max_steps, "%s: reached %llu", c->name,
+                 (unsigned long long)v.step);
         /* sync_every 2: versions 0, 2, 4 were pulled before the end (the final one is published
          * too, but the learner may leave before a client has pulled it) */
         AP_CHECK(newest.gen == 1 && newest.step >= (uint64_t)(c->max_steps - 2),
@@ -291,10 +303,12 @@ static void s_case(const char *root, const s_case_t *c) {
         int lines = s_lines_with(roll, "\"route\"");
         AP_CHECK(lines == 2 * (c->max_steps / 3), "%s: %d rollout lines", c->name, lines);
     }
-    if (c->reset_after) AP_CHECK(F.hellos == 2, "%s: HELLO again after RESET (%d)", c->name, F.hellos);
-    else AP_CHECK(F.hellos == 1, "%s: one HELLO (%d)", c->name, F.hellos);
-    if (c->sync) AP_CHECK(sync_ok, "%s: requests carry the published version of the step before",
-                          c->name);
+    if (c->reset_after)
+        AP_CHECK(F.hellos == 2, "%s: HELLO again after RESET (%d)", c->name, F.hellos);
+    else
+        AP_CHECK(F.hellos == 1, "%s: one HELLO (%d)", c->name, F.hellos);
+    if (c->sync)
+        AP_CHECK(sync_ok, "%s: requests carry the published version of the step before", c->name);
     if (!c->sync && !c->stop_after)
         AP_CHECK(versions_seen >= 2, "%s: versions pulled %d", c->name, versions_seen);
 
@@ -316,6 +330,7 @@ int main(void) {
     s_case_t cases[] = {{.name = "async", .reset_after = 3, .max_steps = 6, .delay = 0.1},
                         {.name = "stop", .stop_after = 2, .max_steps = 1000},
                         {.name = "sync", .sync = 1, .max_steps = 4}};
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) s_case(root, &cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        s_case(root, &cases[i]);
     return ap_test_result();
 }

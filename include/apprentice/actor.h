@@ -68,10 +68,10 @@ const char *ap_actor_mode_name(ap_actor_mode_t m);
 int ap_actor_mode_parse(const char *name, ap_actor_mode_t *m);
 
 typedef struct {
-    const ap_config_t *cfg;  /* borrowed; must outlive the actor */
-    const char *run_dir;     /* RUN (state file); NULL: no state */
-    ap_net_t *net;           /* borrowed ZeroMQ context for ap_actor_run; NULL: make_group only */
-    ap_metrics_t *metrics;   /* borrowed sink (NULL: discard) */
+    const ap_config_t *cfg; /* borrowed; must outlive the actor */
+    const char *run_dir;    /* RUN (state file); NULL: no state */
+    ap_net_t *net;          /* borrowed ZeroMQ context for ap_actor_run; NULL: make_group only */
+    ap_metrics_t *metrics;  /* borrowed sink (NULL: discard) */
     ap_actor_mode_t mode;
     int id;                  /* 0-based index within its mode */
     int simulate;            /* 1: no model, random valid groups */

@@ -56,18 +56,18 @@
 
 /* What the conversion must produce. Index by ap_teacher_kind_t. */
 typedef struct {
-    int V;                           /* vocabulary of the student */
-    int32_t pad_id;                  /* filler of padded token slots */
-    int max_seq;                     /* longest student input accepted (max positions) */
-    int need[AP_TEACHER_COUNT];      /* 1: every item should carry this kind's scores; an item
-                                        without them gets NaN signals (masked, counted) */
-    int full[AP_TEACHER_COUNT];      /* 1: build the full [N, T, V] log-prob form */
-    int topk[AP_TEACHER_COUNT];      /* 1: build the top-K form (from top-K scores, or derived
-                                        from full ones with K = topk_k) */
-    int topk_k;                      /* K of a top-K form derived from full scores only */
-    double tau[AP_TEACHER_COUNT];    /* temperature each kind's distributions must be at: scores
-                                        at another temperature are refused (counted) */
-    double sampling_tau;             /* tau_s the groups' behaviour log-probs must be at */
+    int V;                        /* vocabulary of the student */
+    int32_t pad_id;               /* filler of padded token slots */
+    int max_seq;                  /* longest student input accepted (max positions) */
+    int need[AP_TEACHER_COUNT];   /* 1: every item should carry this kind's scores; an item
+                                     without them gets NaN signals (masked, counted) */
+    int full[AP_TEACHER_COUNT];   /* 1: build the full [N, T, V] log-prob form */
+    int topk[AP_TEACHER_COUNT];   /* 1: build the top-K form (from top-K scores, or derived
+                                     from full ones with K = topk_k) */
+    int topk_k;                   /* K of a top-K form derived from full scores only */
+    double tau[AP_TEACHER_COUNT]; /* temperature each kind's distributions must be at: scores
+                                     at another temperature are refused (counted) */
+    double sampling_tau;          /* tau_s the groups' behaviour log-probs must be at */
 } ap_learner_batch_opts_t;
 
 /* One kind's signal, borrowed by ap_obj_batch_t. NULL arrays when that form is not built. */
@@ -154,21 +154,21 @@ const char *ap_learner_skip_name(ap_learner_skip_t s);
 
 /* One step's outcome (also written as one metrics record). */
 typedef struct {
-    ap_learner_skip_t skipped; /* AP_LEARNER_STEPPED when the optimizer stepped */
-    ap_version_t version;      /* version after the step */
-    double loss;               /* loss/total (NAN when not computed) */
-    double grad_norm;          /* pre-clip global norm (NAN when not computed) */
-    double lr;                 /* learning rate used */
-    int N, T;                  /* trajectories, completion positions */
-    long tokens;               /* completion tokens in the batch */
+    ap_learner_skip_t skipped;            /* AP_LEARNER_STEPPED when the optimizer stepped */
+    ap_version_t version;                 /* version after the step */
+    double loss;                          /* loss/total (NAN when not computed) */
+    double grad_norm;                     /* pre-clip global norm (NAN when not computed) */
+    double lr;                            /* learning rate used */
+    int N, T;                             /* trajectories, completion positions */
+    long tokens;                          /* completion tokens in the batch */
     double staleness_mean, staleness_max; /* on-policy: learner step - trajectory step */
-    double seconds;            /* whole step (conversion to optimizer) */
-    double fb_seconds;         /* forward + backward */
-    double obj_seconds;        /* masks + plan + eval + finish */
-    double transport_seconds;  /* batch conversion + publish_seconds */
-    double publish_seconds;    /* waiting for the weights being published to be copied before the
-                                  update, and requesting the next publication */
-    ap_monitors_t mon;         /* every objective and mask monitor of the step */
+    double seconds;                       /* whole step (conversion to optimizer) */
+    double fb_seconds;                    /* forward + backward */
+    double obj_seconds;                   /* masks + plan + eval + finish */
+    double transport_seconds;             /* batch conversion + publish_seconds */
+    double publish_seconds; /* waiting for the weights being published to be copied before the
+                               update, and requesting the next publication */
+    ap_monitors_t mon;      /* every objective and mask monitor of the step */
 } ap_learner_step_t;
 
 ap_learner_t *ap_learner_new(const ap_learner_opts_t *o); /* NULL + ap_err */
@@ -193,7 +193,7 @@ void ap_learner_set_stop_flag(ap_learner_t *L, const volatile sig_atomic_t *flag
 int ap_learner_checkpoint(ap_learner_t *L);
 
 ap_version_t ap_learner_version(const ap_learner_t *L);
-ap_model_t *ap_learner_model(ap_learner_t *L);   /* borrowed */
+ap_model_t *ap_learner_model(ap_learner_t *L);       /* borrowed */
 long ap_learner_resumed_from(const ap_learner_t *L); /* checkpoint step resumed, -1 = fresh */
 /* The arrays of the last batch stepped on (mask included): for tests and tools. Borrowed. */
 const ap_learner_batch_t *ap_learner_last_batch(const ap_learner_t *L);
