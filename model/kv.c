@@ -1,13 +1,14 @@
 /* kv.c: KV-cached inference for a batch of sequences, and ap_generate (sampler.h).
  *
  * One code path serves prefill and decode: a call feeds "rows" (slot, token), each at the next
- * position of its slot; all rows of a call go through every projection as one GEMM (rows of
- * different sequences share the weights' trip through the cache), RoPE'd keys and values are
- * written into the slot's cache, then each row attends over its own slot's cache up to its
- * position (a vectorised dot-product / axpy loop per head). Batch-1 decode takes the sgemv
- * path of the BLAS wrapper. ap_generate prefills every distinct prompt once (copies the cache
- * to identical prompts), then decodes one token per active sequence per step, compacting the
- * active set as sequences finish.
+ * position of its slot; all rows of a call go through every projection together (rows of
+ * different sequences share one trip of the weights through the caches), RoPE'd keys and
+ * values are written into the slot's cache, then each row attends over its own slot's cache up
+ * to its position. Projections of up to 16 rows (decode steps) use a copy of the weights
+ * packed once per weights version (ap_matmul_packed: sgemm would re-pack every matrix at every
+ * step); larger row counts (prefill chunks) use sgemm. ap_generate prefills every distinct
+ * prompt once (copies the cache to identical prompts), then decodes one token per active
+ * sequence per step, compacting the active set as sequences finish.
  *
  * Cache layout, per layer and slot, per key/value head g: keys in tiles of 16 positions, each
  * tile transposed, kt [ml/16][hd][16], and values v [ml][hd]. Decoding reads more cache bytes
