@@ -68,7 +68,7 @@ typedef struct {
     ap_batch_t *ready[S_MAX_READY];
     int n_ready;
     double io_busy; /* seconds the loop spent processing since last read */
-    long received, resets, late, bad_parts, send_fail;
+    long received, resets, late, bad_parts, send_fail, rejected;
 
     /* loop thread only */
     s_req_t out[S_MAX_OUT];
@@ -240,6 +240,23 @@ static void s_on_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *m, void *dat
     }
 }
 
+/* A message from the buffer the codec refused (counted and logged there). It may have been a
+ * batch part: which request it answered cannot be known, so every request in flight is given up
+ * and replaced (late answers to them are dropped as such): a refused part never leaves a request
+ * waiting forever. */
+static void s_on_reject(ap_sock_t *s, const ap_peer_t *from, ap_reject_t why, void *data) {
+    (void)s, (void)from;
+    s_io_t *io = data;
+    pthread_mutex_lock(&io->mu);
+    io->rejected++;
+    pthread_mutex_unlock(&io->mu);
+    ap_log(AP_LOG_WARN,
+           "learner: a message from the buffer was refused (%s): %d request(s) replaced",
+           ap_reject_name(why), io->n_out);
+    s_drop_requests(io);
+    s_top_up(io);
+}
+
 static void s_heartbeat(s_io_t *io) {
     ap_msg_t m = {.type = AP_MSG_HEARTBEAT};
     m.u.heartbeat.time = ap_wall();
@@ -392,6 +409,7 @@ static s_io_t *s_io_new(ap_learner_t *L) {
     }
     ap_msg_codec_set_latest(ap_sock_codec(io->sock), L->version);
     ap_sock_watch(io->sock, io->loop, s_on_msg, io);
+    ap_sock_on_reject(io->sock, s_on_reject);
     ev_async_init(&io->wake, s_on_wake);
     io->wake.data = io;
     ev_async_start(io->loop, &io->wake);
@@ -467,7 +485,7 @@ static void s_step_done(s_io_t *io) {
     io->L->io_acc += io->io_busy;
     io->io_busy = 0;
     io->L->io_received = io->received, io->L->io_resets = io->resets;
-    io->L->io_late = io->late, io->L->io_bad = io->bad_parts;
+    io->L->io_late = io->late, io->L->io_bad = io->bad_parts, io->L->io_rejected = io->rejected;
     pthread_mutex_unlock(&io->mu);
     ev_async_send(io->loop, &io->wake);
 }

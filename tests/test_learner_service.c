@@ -2,7 +2,8 @@
  * weights client, all over inproc:// in one process:
  *   1. async: HELLO (vocabulary), exactly learner.prefetch requests in flight and never more,
  *      batches sent in two parts out of order are reassembled, a part for an unknown request is
- *      dropped, a request whose parts disagree is given up and replaced, RESET -> HELLO again
+ *      dropped, a request whose parts disagree is given up and replaced, a batch the decoder
+ *      refuses (a version from the future) replaces every request in flight, RESET -> HELLO again
  *      and fresh requests (the learner's counters report each), heartbeats with the version,
  * weights published at start and every sync_every steps (the client verifies each), run.max_steps
  * -> final checkpoint, `latest`, metrics and rollouts, BYE, exit 0;
@@ -126,7 +127,8 @@ static void s_case(const char *root, const s_case_t *c) {
 
     s_fake_t F = {0};
     ap_peer_t learner = {0};
-    int versions_seen = 0, sync_ok = 1, reset_sent = 0, stop_sent = 0, late_sent = 0;
+    int versions_seen = 0, sync_ok = 1, reset_sent = 0, stop_sent = 0, late_sent = 0,
+        future_sent = 0;
     ap_version_t newest = {0, 0};
     double t0 = ap_now(), t_stop = 0, t_first_req = 0;
     uint64_t seed = 1;
@@ -187,6 +189,20 @@ static void s_case(const char *root, const s_case_t *c) {
                 }
                 sync_ok &= ap_version_cmp(newest, rv) >= 0 &&
                            rv.step == (uint64_t)F.answered; /* one step per answered batch */
+            }
+            if (!c->sync && !c->stop_after && F.answered == 2 && !future_sent) {
+                /* a batch the learner's decoder refuses (a policy version from the future): it
+                 * gives up every request in flight and sends new ones */
+                fx_batch_opts_t fb = fx_batch_defaults();
+                fb.version = (ap_version_t){1, 999};
+                ap_batch_t *bf = fx_batch(shadow, &fb);
+                bf->request_id = F.out[0];
+                ap_msg_t fm = {.type = AP_MSG_BATCH, .u.batch = bf};
+                AP_CHECK(ap_sock_send(router, &learner, &fm) == 0, "future batch: %s", ap_errmsg());
+                ap_batch_destroy(&bf);
+                F.n_out = 0;
+                future_sent = 1;
+                continue;
             }
             if (c->delay > 0) ap_sleep(c->delay);
             fx_batch_opts_t bo = fx_batch_defaults();
@@ -270,13 +286,15 @@ static void s_case(const char *root, const s_case_t *c) {
         json_t *o = json_loads(last, 0, &je), *vals = json_object_get(o, "values");
         double late = json_number_value(json_object_get(vals, "learner/late_parts")),
                bad = json_number_value(json_object_get(vals, "learner/bad_parts")),
-               resets = json_number_value(json_object_get(vals, "learner/resets"));
+               resets = json_number_value(json_object_get(vals, "learner/resets")),
+               rejected = json_number_value(json_object_get(vals, "learner/rejected"));
         json_decref(o);
         /* late: the 2 parts of the unknown request, plus answers to requests the RESET cleared */
-        AP_CHECK(late >= 2 && bad == 1 && resets == 1, "%s: counters late %g bad %g resets %g",
-                 c->name, late, bad, resets);
-        printf("case %s counters: late parts %g, bad parts %g, resets %g\n", c->name, late, bad,
-               resets);
+        AP_CHECK(late >= 2 && bad == 1 && resets == 1 && rejected == 1,
+                 "%s: counters late %g bad %g resets %g rejected %g", c->name, late, bad, resets,
+                 rejected);
+        printf("case %s counters: late parts %g, bad parts %g, resets %g, rejected %g\n", c->name,
+               late, bad, resets, rejected);
     }
     int records = s_lines_with(mpath, "\"loss/total\""),
         busy = s_lines_with(mpath, "\"learner/busy_frac\"");
