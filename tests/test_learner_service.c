@@ -9,7 +9,9 @@
  * -> final checkpoint, `latest`, metrics and rollouts, BYE, exit 0;
  *   2. stop request mid-run: returns 0 promptly with a checkpoint of the current step;
  *   3. sync mode: one request at a time, each carrying the version of the step before, and
- *      that version published before the request leaves. */
+ *      that version published before the request leaves;
+ *   4. every objective through the wire (scores full and top-K, encoded and decoded): finite
+ *      losses in the metrics, falling on a repeated batch. */
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -339,6 +341,97 @@ static void s_case(const char *root, const s_case_t *c) {
     ap_config_destroy(&cfg);
 }
 
+/* Every objective through the wire: the same handmade batch (with full or top-K scores encoded
+ * and decoded on the way) answers every request; the loss in the learner's metrics is finite
+ * and falls (opd: finite; its own loss is not what it minimises). */
+static void s_objectives_over_wire(const char *root) {
+    struct {
+        const char *name, *set1, *set2;
+        int ext, self, ref, falls;
+    } cases[] = {
+        {"gkd", "objective.gkd.enabled=true", NULL, FX_FULL, FX_NONE, 0, 1},
+        {"gkd topk_tail", "objective.gkd.enabled=true", "objective.gkd.support=topk_tail", FX_TOPK,
+         FX_NONE, 0, 1},
+        {"opd", "objective.opd.enabled=true", NULL, FX_FULL, FX_NONE, 0, 0},
+        {"grpo k3", "objective.grpo.enabled=true", "objective.grpo.kl_ref=0.1", FX_NONE, FX_NONE, 1,
+         1},
+        {"opsd", "objective.opsd.enabled=true", NULL, FX_NONE, FX_FULL, 0, 1},
+        {"srpo topk_tail", "objective.srpo.enabled=true", "objective.srpo.support=topk_tail",
+         FX_NONE, FX_TOPK, 0, 1},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char run[800], mpath[900];
+        snprintf(run, sizeof run, "%s/wire-%zu", root, k);
+        ap_mkdirs(run);
+        ap_config_t *cfg = fx_config(
+            s_student, cases[k].set1, cases[k].set2 ? cases[k].set2 : "run.seed=1",
+            "run.max_steps=6", "teacher.top_k=4", "endpoints.buffer_learner=inproc://wire-buffer",
+            "endpoints.weights=inproc://wire-weights", "endpoints.weights_pub=", NULL);
+        ap_net_t *net = ap_net_new(&(ap_net_opts_t){0});
+        ap_msg_limits_t lim;
+        ap_msg_limits_default(&lim);
+        ap_sock_opts_t so = {.type = AP_SOCK_ROUTER,
+                             .endpoint = "inproc://wire-buffer",
+                             .bind = 1,
+                             .max_msg = 64 << 20,
+                             .limits = &lim,
+                             .name = "fake-buffer"};
+        ap_sock_t *router = ap_sock_new(net, &so);
+        snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", run);
+        ap_metrics_t *met = ap_metrics_open(mpath, "learner", 0);
+        ap_learner_opts_t lo = {.cfg = cfg, .run_dir = run, .net = net, .metrics = met};
+        s_run_t R = {.L = ap_learner_new(&lo)};
+        AP_ASSERTF(R.L, "%s", ap_errmsg());
+        fx_batch_opts_t bo = fx_batch_defaults();
+        bo.ext = cases[k].ext, bo.self = cases[k].self, bo.ref = cases[k].ref;
+        ap_batch_t *b = fx_batch(ap_learner_model(R.L), &bo);
+        atomic_init(&R.done, 0);
+        pthread_t th;
+        AP_ASSERT(pthread_create(&th, NULL, s_run_main, &R) == 0);
+        double t0 = ap_now();
+        while (!atomic_load(&R.done) && ap_now() - t0 < 30) {
+            ap_peer_t from;
+            ap_msg_t m;
+            if (ap_sock_recv_wait(router, &from, &m, 10) != 1) continue;
+            if (m.type == AP_MSG_BATCH_REQUEST) {
+                b->request_id = m.u.batch_request.request_id;
+                ap_msg_t a = {.type = AP_MSG_BATCH, .u.batch = b};
+                if (ap_sock_send(router, &from, &a) < 0)
+                    AP_CHECK(errno == EHOSTUNREACH, "send: %s", ap_errmsg());
+            }
+            ap_msg_clear(&m);
+        }
+        pthread_join(th, NULL);
+        ap_metrics_close(&met);
+        double loss[16];
+        int n = 0, finite = 1;
+        FILE *f = fopen(mpath, "r");
+        char line[1 << 16];
+        while (f && fgets(line, sizeof line, f) && n < 16) {
+            json_error_t je;
+            json_t *o = json_loads(line, 0, &je);
+            json_t *v = json_object_get(json_object_get(o, "values"), "loss/total");
+            if (v) loss[n++] = json_is_number(v) ? json_number_value(v) : NAN;
+            json_decref(o);
+        }
+        if (f) fclose(f);
+        for (int i = 0; i < n; i++)
+            finite &= isfinite(loss[i]);
+        AP_CHECK(R.rc == 0 && n == 6 && finite, "%s over the wire: rc %d, %d finite losses of %d",
+                 cases[k].name, R.rc, finite ? n : 0, n);
+        if (cases[k].falls && n == 6)
+            AP_CHECK(loss[5] < loss[0], "%s over the wire: loss %g -> %g", cases[k].name, loss[0],
+                     loss[5]);
+        printf("case %s over the wire: loss %.5f -> %.5f (%d steps)\n", cases[k].name,
+               n ? loss[0] : NAN, n ? loss[n - 1] : NAN, n);
+        ap_batch_destroy(&b);
+        ap_learner_destroy(&R.L);
+        ap_sock_destroy(&router);
+        ap_net_destroy(&net);
+        ap_config_destroy(&cfg);
+    }
+}
+
 int main(void) {
     ap_log_set_role("test_learner_service", 0);
     ap_log_set_level(AP_LOG_WARN);
@@ -350,5 +443,6 @@ int main(void) {
                         {.name = "sync", .sync = 1, .max_steps = 4}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         s_case(root, &cases[i]);
+    s_objectives_over_wire(root);
     return ap_test_result();
 }
