@@ -115,7 +115,6 @@ typedef struct {
     uint64_t bad[AP_BUFFER_BAD_REASON_COUNT]; /* semantic errors, by reason */
     uint64_t rejected;                        /* malformed messages (codec), all sockets */
     uint64_t rejected_by_reason[AP_REJECT_REASON_COUNT];
-    uint64_t bytes_out;                       /* encoded bytes of SCORE_REQUEST and BATCH sent */
     ap_version_t learner_version;             /* newest learner version seen */
     unsigned kinds;                           /* teacher kinds this run needs (1u << kind) */
 } ap_buffer_stats_t;
