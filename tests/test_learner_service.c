@@ -14,9 +14,11 @@
  *      losses in the metrics, falling on a repeated batch. */
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "apprentice/base.h"
@@ -94,11 +96,15 @@ static void s_case(const char *root, const s_case_t *c) {
     ap_mkdirs(run);
     snprintf(set_sync, sizeof set_sync, "run.sync=%s", c->sync ? "true" : "false");
     snprintf(set_steps, sizeof set_steps, "run.max_steps=%d", c->max_steps);
-    ap_config_t *cfg = fx_config(
-        s_student, "objective.grpo.enabled=true", set_sync, set_steps, "learner.prefetch=2",
-        "learner.sync_every=2", "learner.checkpoint_every=4", "learner.rollouts_every=3",
-        "learner.rollouts_per_step=2", "endpoints.buffer_learner=inproc://buffer-learner",
-        "endpoints.weights=inproc://weights", "endpoints.weights_pub=inproc://weights-pub", NULL);
+    char ep_w[PATH_MAX + 64], ep_p[PATH_MAX + 64], abs_run[PATH_MAX];
+    AP_ASSERT(realpath(run, abs_run));
+    snprintf(ep_w, sizeof ep_w, "endpoints.weights=ipc://%s/w.ipc", abs_run);
+    snprintf(ep_p, sizeof ep_p, "endpoints.weights_pub=ipc://%s/wp.ipc", abs_run);
+    ap_config_t *cfg =
+        fx_config(s_student, "objective.grpo.enabled=true", set_sync, set_steps,
+                  "learner.prefetch=2", "learner.sync_every=2", "learner.checkpoint_every=4",
+                  "learner.rollouts_every=3", "learner.rollouts_per_step=2",
+                  "endpoints.buffer_learner=inproc://buffer-learner", ep_w, ep_p, NULL);
     ap_net_t *net = ap_net_new(&(ap_net_opts_t){0});
     AP_ASSERTF(net, "%s", ap_errmsg());
     ap_msg_limits_t lim;
@@ -121,8 +127,11 @@ static void s_case(const char *root, const s_case_t *c) {
     atomic_init(&R.done, 0);
     pthread_t th;
     AP_ASSERT(pthread_create(&th, NULL, s_run_main, &R) == 0);
-    ap_wclient_opts_t wo = {.endpoint = "inproc://weights",
-                            .pub_endpoint = "inproc://weights-pub",
+    /* weights over ipc://: with inproc the client would hold zero-copy chunks of the server's
+     * snapshots past the learner's exit (see the report: net/weights.c frees the counter the
+     * last release decrements) */
+    ap_wclient_opts_t wo = {.endpoint = ep_w + strlen("endpoints.weights="),
+                            .pub_endpoint = ep_p + strlen("endpoints.weights_pub="),
                             .poll_interval = 0.05};
     ap_wclient_t *wc = ap_wclient_spawn(net, &wo);
     AP_ASSERTF(wc, "%s", ap_errmsg());
