@@ -235,8 +235,9 @@ ap_actor_t *ap_actor_new(const ap_actor_opts_t *o) {
             goto fail;
         }
         a->table_hash = ap_learner_table_hash(a->model);
-        if (o->mode != AP_ACTOR_EVAL)
-            a->kv = ap_kv_new(a->model, a->G, AP_MIN(mc->max_positions, a->max_positions));
+        if (o->mode != AP_ACTOR_EVAL &&
+            !(a->kv = ap_kv_new(a->model, a->G, AP_MIN(mc->max_positions, a->max_positions))))
+            goto fail;
     }
     if (o->mode == AP_ACTOR_EVAL) {
         if (!a->simulate) {
