@@ -303,9 +303,11 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
     int w0 = r.n_waits;
     clockid_t bclock;
     pthread_getcpuclockid(th, &bclock);
-    double c0 = s_thread_cpu(), b0 = s_clock(bclock), t0 = ap_now();
+    double c0 = s_thread_cpu(), b0 = s_clock(bclock), p0 = s_clock(CLOCK_PROCESS_CPUTIME_ID);
+    double t0 = ap_now();
     s_spin(&r, o->seconds, NULL);
     double dt = ap_now() - t0, peers_cpu = s_thread_cpu() - c0, buffer_cpu = s_clock(bclock) - b0;
+    double total_cpu = s_clock(CLOCK_PROCESS_CPUTIME_ID) - p0; /* + ZeroMQ's I/O thread */
     uint64_t groups = r.groups_rx - g0;
     double steady_wait = s_quantile(r.waits + w0, r.n_waits - w0, 0.5);
     /* the learner's wait with full queues */
@@ -381,6 +383,13 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
     json_object_set_new(j, "learner_wait_ms", wait);
     json_object_set_new(j, "buffer_cpu_share", json_real(buffer_cpu / dt));
     json_object_set_new(j, "peers_cpu_share", json_real(peers_cpu / dt));
+    json_t *us = json_object();
+    double ng = groups ? (double)groups : 1;
+    json_object_set_new(us, "buffer", json_real(buffer_cpu / ng * 1e6));
+    json_object_set_new(us, "peers", json_real(peers_cpu / ng * 1e6));
+    json_object_set_new(us, "zmq_io", json_real((total_cpu - buffer_cpu - peers_cpu) / ng * 1e6));
+    json_object_set_new(us, "total", json_real(total_cpu / ng * 1e6));
+    json_object_set_new(j, "cpu_us_per_group", us);
 
     for (int i = 0; i < o->teachers; i++)
         ap_teacher_destroy(&r.teachers[i]);
@@ -443,6 +452,7 @@ int ap_bench_buffer(int argc, char **argv) {
         return 2;
     }
     ap_log_set_level(AP_LOG_WARN);
+    ap_buffer_tune_malloc(); /* as `apprentice buffer` does */
     char *copy = ap_strdup(list), *save = NULL;
     int run = 0, rc = 0;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {

@@ -67,6 +67,7 @@ int ap_cmd_buffer(int argc, char **argv) {
         fprintf(stderr, "apprentice buffer: %s\n", ap_errmsg());
         return 1;
     }
+    ap_buffer_tune_malloc();
     const ap_config_t *cfg = r.cfg;
     int V = vocab;
     uint64_t hash = 0;

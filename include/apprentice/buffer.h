@@ -157,6 +157,9 @@ int ap_buffer_allow_keys(ap_net_t *net, const char *keys_dir);
  * keys_dir/ROLE.key, e.g. "teacher-external-0" then "teacher") into o (o->curve = 1). 0 / -1. */
 int ap_buffer_load_keys(const char *keys_dir, const char *name, const char *role,
                         ap_net_opts_t *o);
+/* Tune glibc malloc for a process that allocates and frees large messages continuously (keep
+ * freed memory in the heap instead of mapping and unmapping it). `apprentice buffer` calls it. */
+void ap_buffer_tune_malloc(void);
 /* The public key of service `name` ("buffer" or "learner"): keys_dir/NAME-0.pub, falling back
  * to keys_dir/NAME.pub. 0 / -1 with ap_err naming both paths. */
 int ap_buffer_service_key(const char *keys_dir, const char *name, char pub[AP_Z85_KEY]);
