@@ -80,8 +80,11 @@ static void s_on_stop(struct ev_loop *loop, ev_async *w, int revents) {
 static void *s_buffer_main(void *arg) {
     s_bufthread_t *t = arg;
     t->loop = ev_loop_new(EVFLAG_AUTO);
-    ap_buffer_opts_t o = {.cfg = t->cfg, .vocab_size = S_V, .actors_endpoint = t->eps[0],
-                          .teachers_endpoint = t->eps[1], .learner_endpoint = t->eps[2]};
+    ap_buffer_opts_t o = {.cfg = t->cfg,
+                          .vocab_size = S_V,
+                          .actors_endpoint = t->eps[0],
+                          .teachers_endpoint = t->eps[1],
+                          .learner_endpoint = t->eps[2]};
     t->b = ap_buffer_new(t->net, t->loop, &o);
     AP_ASSERTF(t->b, "%s", ap_errmsg());
     ev_async_init(&t->stop, s_on_stop);
@@ -113,8 +116,8 @@ struct s_run {
     ap_sock_t *learner;
     ap_group_t *tmpl; /* the group every actor sends (id and seq change) */
     ev_timer hb;
-    int sending;      /* actors send while they hold credit */
-    int requesting;   /* the learner keeps `prefetch` requests in flight */
+    int sending;    /* actors send while they hold credit */
+    int requesting; /* the learner keeps `prefetch` requests in flight */
     int prefetch;
     uint64_t next_group, sent;
     uint64_t next_req, outstanding;
@@ -151,8 +154,8 @@ static void s_request(s_run_t *r) {
     while (r->requesting && r->outstanding < (uint64_t)r->prefetch) {
         uint64_t id = ++r->next_req;
         ap_msg_t m = {.type = AP_MSG_BATCH_REQUEST,
-                      .u.batch_request = {.request_id = id, .learner_version = {1, 0},
-                                          .trajectories = r->o.B}};
+                      .u.batch_request = {
+                          .request_id = id, .learner_version = {1, 0}, .trajectories = r->o.B}};
         r->req_sent[id % 4096] = ap_now();
         if (ap_sock_send(r->learner, NULL, &m) < 0) break;
         r->outstanding++;
@@ -253,8 +256,12 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
     for (int i = 0; i < o->actors; i++) {
         char name[32];
         snprintf(name, sizeof name, "actor-%d", i);
-        ap_sock_opts_t so = {.type = AP_SOCK_DEALER, .endpoint = ep[0], .max_msg = 1u << 20,
-                             .limits = &lim, .linger_ms = 0, .name = "bench/actor"};
+        ap_sock_opts_t so = {.type = AP_SOCK_DEALER,
+                             .endpoint = ep[0],
+                             .max_msg = 1u << 20,
+                             .limits = &lim,
+                             .linger_ms = 0,
+                             .name = "bench/actor"};
         r.actors[i] = (s_actor_t){.run = &r, .id = i, .s = ap_sock_new(net, &so)};
         AP_ASSERTF(r.actors[i].s, "%s", ap_errmsg());
         ap_sock_watch(r.actors[i].s, r.loop, s_on_actor_msg, &r.actors[i]);
@@ -264,13 +271,22 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
     for (int i = 0; i < o->teachers; i++) {
         char name[32];
         snprintf(name, sizeof name, "teacher-external-%d", i);
-        ap_teacher_opts_t to = {.cfg = cfg, .kind = AP_TEACHER_EXTERNAL, .id = i, .name = name,
-                                .simulate = 1, .vocab_size = S_V, .seed = (uint64_t)i};
+        ap_teacher_opts_t to = {.cfg = cfg,
+                                .kind = AP_TEACHER_EXTERNAL,
+                                .id = i,
+                                .name = name,
+                                .simulate = 1,
+                                .vocab_size = S_V,
+                                .seed = (uint64_t)i};
         r.teachers[i] = ap_teacher_new(net, r.loop, &to);
         AP_ASSERTF(r.teachers[i], "%s", ap_errmsg());
     }
-    ap_sock_opts_t lo = {.type = AP_SOCK_DEALER, .endpoint = ep[2], .max_msg = 256u << 20,
-                         .limits = &lim, .linger_ms = 0, .name = "bench/learner"};
+    ap_sock_opts_t lo = {.type = AP_SOCK_DEALER,
+                         .endpoint = ep[2],
+                         .max_msg = 256u << 20,
+                         .limits = &lim,
+                         .linger_ms = 0,
+                         .name = "bench/learner"};
     r.learner = ap_sock_new(net, &lo);
     ap_sock_watch(r.learner, r.loop, s_on_learner_msg, &r);
     s_hello(r.learner, AP_ROLE_LEARNER, 0, "learner-0");
@@ -336,10 +352,10 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
     ev_async_send(bt.loop, &bt.stop);
     pthread_join(th, NULL);
     const ap_buffer_stats_t *st = &bt.st;
-    int64_t lost = (int64_t)r.sent - (int64_t)st->groups_in; /* sent but never taken */
+    int64_t lost = (int64_t)r.sent - (int64_t)st->groups_in;  /* sent but never taken */
     lost += (int64_t)st->served_first - (int64_t)r.groups_rx; /* served but not received */
-    int64_t unexplained = (int64_t)st->groups_in -
-                          (int64_t)(st->drops_total + st->served_first + (uint64_t)st->held_unserved);
+    int64_t unexplained = (int64_t)st->groups_in - (int64_t)(st->drops_total + st->served_first +
+                                                             (uint64_t)st->held_unserved);
 
     json_t *j = json_object();
     json_object_set_new(j, "bench", json_string("buffer"));
@@ -429,21 +445,45 @@ int ap_bench_buffer(int argc, char **argv) {
         {"seconds", required_argument, 0, 's'}, {"credit", required_argument, 0, 'c'},
         {"batch", required_argument, 0, 'b'},   {"capacity", required_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    s_opts_t o = {.teachers = 2, .G = 8, .tokens = 32, .top_k = 16, .B = 64, .prefetch = 4,
-                  .credit = 2, .capacity = 256, .seconds = 3, .warmup = 1};
+    s_opts_t o = {.teachers = 2,
+                  .G = 8,
+                  .tokens = 32,
+                  .top_k = 16,
+                  .B = 64,
+                  .prefetch = 4,
+                  .credit = 2,
+                  .capacity = 256,
+                  .seconds = 3,
+                  .warmup = 1};
     const char *list = "1,16,64,256";
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "a:t:s:c:b:q:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'a': list = optarg; break;
-        case 't': o.teachers = atoi(optarg); break;
-        case 's': o.seconds = atof(optarg); break;
-        case 'c': o.credit = atoi(optarg); break;
-        case 'b': o.B = atoi(optarg); break;
-        case 'q': o.capacity = atoi(optarg); break;
-        case 'h': s_usage(stdout); return 0;
-        default: s_usage(stderr); return 2;
+        case 'a':
+            list = optarg;
+            break;
+        case 't':
+            o.teachers = atoi(optarg);
+            break;
+        case 's':
+            o.seconds = atof(optarg);
+            break;
+        case 'c':
+            o.credit = atoi(optarg);
+            break;
+        case 'b':
+            o.B = atoi(optarg);
+            break;
+        case 'q':
+            o.capacity = atoi(optarg);
+            break;
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        default:
+            s_usage(stderr);
+            return 2;
         }
     }
     if (optind < argc || o.teachers < 1 || o.seconds <= 0 || o.credit < 1 || o.B < o.G ||

@@ -97,35 +97,35 @@ typedef struct s_req {
     uint64_t id;
     struct s_entry *e;
     int kind;
-    int attempt;          /* attempt number of the newest dispatch */
-    int dispatched;       /* dispatched at least once */
-    double first_sent;    /* ap_now() of the first dispatch (latency) */
-    double deadline;      /* of the newest dispatch; 0 when none runs */
+    int attempt;       /* attempt number of the newest dispatch */
+    int dispatched;    /* dispatched at least once */
+    double first_sent; /* ap_now() of the first dispatch (latency) */
+    double deadline;   /* of the newest dispatch; 0 when none runs */
     uint32_t assignees[S_MAX_TRIED];
-    int n_assignees;      /* teachers holding it now */
+    int n_assignees; /* teachers holding it now */
     uint32_t tried[S_MAX_TRIED];
-    int n_tried;          /* teachers it was ever sent to */
-    int queued;           /* in its kind's dispatch FIFO */
+    int n_tried; /* teachers it was ever sent to */
+    int queued;  /* in its kind's dispatch FIFO */
     struct s_req *qprev, *qnext;
 } s_req_t;
 
 typedef struct s_entry {
-    ap_group_t *g;                          /* owned */
-    ap_scores_t *scores[AP_TEACHER_COUNT];  /* owned, by kind */
-    s_req_t *req[AP_TEACHER_COUNT];         /* request of each kind still missing */
-    unsigned kinds;                         /* kinds it needs */
-    unsigned need;                          /* kinds still missing */
+    ap_group_t *g;                         /* owned */
+    ap_scores_t *scores[AP_TEACHER_COUNT]; /* owned, by kind */
+    s_req_t *req[AP_TEACHER_COUNT];        /* request of each kind still missing */
+    unsigned kinds;                        /* kinds it needs */
+    unsigned need;                         /* kinds still missing */
     int src, state;
-    int uses;                               /* times served */
-    uint64_t serial;                        /* arrival order */
+    int uses;        /* times served */
+    uint64_t serial; /* arrival order */
 } s_entry_t;
 
 typedef struct {
-    uint32_t pid;        /* the learner peer */
+    uint32_t pid; /* the learner peer */
     uint64_t request_id;
-    int B;               /* trajectories */
-    uint64_t max_bytes;  /* largest part (0: no limit) */
-    double t_in;         /* ap_now() at arrival */
+    int B;              /* trajectories */
+    uint64_t max_bytes; /* largest part (0: no limit) */
+    double t_in;        /* ap_now() at arrival */
 } s_breq_t;
 
 /* request id -> request: open addressing, linear probing, backward-shift deletion. */
@@ -146,7 +146,7 @@ struct ap_buffer {
     uint64_t vhash;
     unsigned kinds;
     ap_teacher_params_t params[AP_TEACHER_COUNT];
-    int G;        /* sampling.group_size */
+    int G; /* sampling.group_size */
     double lambda;
     int sync;
     int capacity; /* per queue, groups */
@@ -159,7 +159,7 @@ struct ap_buffer {
     s_req_t *qhead[AP_TEACHER_COUNT], *qtail[AP_TEACHER_COUNT];
     s_vec_t pending[AP_SOURCE_COUNT], ready[AP_SOURCE_COUNT];
     int unserved_ready[AP_SOURCE_COUNT];
-    long ds_ready_traj; /* trajectories in ready[S_DS] */
+    long ds_ready_traj;               /* trajectories in ready[S_DS] */
     int outstanding[AP_SOURCE_COUNT]; /* credit held by actors of each source */
     int owed_total[AP_SOURCE_COUNT];
     s_breq_t *breq;
@@ -187,7 +187,7 @@ const char *ap_buffer_drop_name(ap_buffer_drop_t r) {
 
 const char *ap_buffer_bad_name(ap_buffer_bad_t r) {
     static const char *n[AP_BUFFER_BAD_REASON_COUNT] = {
-        "unknown_peer", "role",     "vocab",   "type",   "unknown_request",
+        "unknown_peer", "role",       "vocab",    "type",   "unknown_request",
         "unassigned",   "wrong_kind", "mismatch", "request"};
     return (unsigned)r < AP_BUFFER_BAD_REASON_COUNT ? n[r] : "?";
 }
@@ -323,10 +323,14 @@ static void s_owed_add(ap_buffer_t *b, s_peer_t *p, int delta) {
 
 static void s_unqueue(ap_buffer_t *b, s_req_t *r) {
     if (!r->queued) return;
-    if (r->qprev) r->qprev->qnext = r->qnext;
-    else b->qhead[r->kind] = r->qnext;
-    if (r->qnext) r->qnext->qprev = r->qprev;
-    else b->qtail[r->kind] = r->qprev;
+    if (r->qprev)
+        r->qprev->qnext = r->qnext;
+    else
+        b->qhead[r->kind] = r->qnext;
+    if (r->qnext)
+        r->qnext->qprev = r->qprev;
+    else
+        b->qtail[r->kind] = r->qprev;
     r->qprev = r->qnext = NULL;
     r->queued = 0;
 }
@@ -336,13 +340,17 @@ static void s_queue(ap_buffer_t *b, s_req_t *r, int front) {
     int k = r->kind;
     if (front) {
         r->qnext = b->qhead[k];
-        if (b->qhead[k]) b->qhead[k]->qprev = r;
-        else b->qtail[k] = r;
+        if (b->qhead[k])
+            b->qhead[k]->qprev = r;
+        else
+            b->qtail[k] = r;
         b->qhead[k] = r;
     } else {
         r->qprev = b->qtail[k];
-        if (b->qtail[k]) b->qtail[k]->qnext = r;
-        else b->qhead[k] = r;
+        if (b->qtail[k])
+            b->qtail[k]->qnext = r;
+        else
+            b->qhead[k] = r;
         b->qtail[k] = r;
     }
     r->queued = 1;
@@ -516,8 +524,9 @@ static s_peer_t *s_pick_teacher(ap_buffer_t *b, int k, const s_req_t *r) {
         for (int j = 0; j < r->n_tried; j++)
             if (r->tried[j] == t->pid) fresh = 0;
         if (!best || fresh > best_fresh ||
-            (fresh == best_fresh && (free_ > best_free ||
-                                     (free_ == best_free && t->last_dispatch < best->last_dispatch)))) {
+            (fresh == best_fresh &&
+             (free_ > best_free ||
+              (free_ == best_free && t->last_dispatch < best->last_dispatch)))) {
             best = t, best_fresh = fresh, best_free = free_;
         }
     }
@@ -588,11 +597,13 @@ static void s_on_scores(ap_buffer_t *b, s_peer_t *t, ap_scores_t **sp) {
     s_req_t *r = s_map_get(&b->reqs, id);
     if (slot < 0) {
         if (id >= b->first_req && id < b->next_req)
-            s_bad(b, AP_BUFFER_BAD_UNASSIGNED, "teacher '%s' answered request %llu it does not hold",
-                  t->name, (unsigned long long)id);
+            s_bad(b, AP_BUFFER_BAD_UNASSIGNED,
+                  "teacher '%s' answered request %llu it does not hold", t->name,
+                  (unsigned long long)id);
         else
-            s_bad(b, AP_BUFFER_BAD_UNKNOWN_REQUEST, "teacher '%s' answered request %llu never issued",
-                  t->name, (unsigned long long)id);
+            s_bad(b, AP_BUFFER_BAD_UNKNOWN_REQUEST,
+                  "teacher '%s' answered request %llu never issued", t->name,
+                  (unsigned long long)id);
         return;
     }
     s_vec_remove_at(&t->held, slot); /* the teacher's slot is free again */
@@ -603,8 +614,9 @@ static void s_on_scores(ap_buffer_t *b, s_peer_t *t, ap_scores_t **sp) {
     s_remove_assignee(r, t->pid);
     char why[256];
     if ((int)s->kind != r->kind) {
-        s_bad(b, AP_BUFFER_BAD_WRONG_KIND, "teacher '%s' answered request %llu with %s scores, %s asked",
-              t->name, (unsigned long long)id, ap_teacher_kind_name(s->kind),
+        s_bad(b, AP_BUFFER_BAD_WRONG_KIND,
+              "teacher '%s' answered request %llu with %s scores, %s asked", t->name,
+              (unsigned long long)id, ap_teacher_kind_name(s->kind),
               ap_teacher_kind_name((ap_teacher_kind_t)r->kind));
         s_retry(b, r, 0);
         return;
@@ -653,8 +665,9 @@ static void s_take_group(ap_buffer_t *b, s_peer_t *a, ap_group_t *g, uint64_t se
     s_vec_push(&b->pending[src], e);
     ap_buffer_drop_t why;
     if (src == S_ON && g->G != b->G) {
-        s_bad(b, AP_BUFFER_BAD_MISMATCH, "actor '%s': on-policy group %llu has G = %d, the run's %d",
-              a->name, (unsigned long long)g->id, g->G, b->G);
+        s_bad(b, AP_BUFFER_BAD_MISMATCH,
+              "actor '%s': on-policy group %llu has G = %d, the run's %d", a->name,
+              (unsigned long long)g->id, g->G, b->G);
         s_entry_remove(b, e, AP_BUFFER_DROP_INVALID);
         return;
     }
@@ -866,14 +879,19 @@ static int s_serve_one(ap_buffer_t *b, const s_breq_t *q) {
         int i1 = i0;
         while (i1 < n_items && part_of[i1] == p)
             i1++;
-        ap_batch_t bt = {.request_id = q->request_id, .part = p, .parts = parts,
-                         .n_items = i1 - i0, .items = items + i0};
+        ap_batch_t bt = {.request_id = q->request_id,
+                         .part = p,
+                         .parts = parts,
+                         .n_items = i1 - i0,
+                         .items = items + i0};
         ap_msg_t m = {.type = AP_MSG_BATCH, .u.batch = &bt};
         if (s_send(b, L, &m) < 0) {
             ok = 0;
             if (p > 0)
-                ap_log(AP_LOG_ERROR, "buffer: batch %llu: part %d of %d not sent (%s): the learner "
-                       "gets an incomplete batch", (unsigned long long)q->request_id, p, parts,
+                ap_log(AP_LOG_ERROR,
+                       "buffer: batch %llu: part %d of %d not sent (%s): the learner "
+                       "gets an incomplete batch",
+                       (unsigned long long)q->request_id, p, parts,
                        L->dead ? "learner gone" : "its queue is full");
         } else {
             b->st.batch_parts++;
@@ -960,8 +978,9 @@ static void s_on_hello(ap_buffer_t *b, int sock, const ap_peer_t *from, const ap
         char reason[AP_NAME_MAX];
         snprintf(reason, sizeof reason, "vocab mismatch: V %d hash %016llx", b->V,
                  (unsigned long long)b->vhash);
-        s_bad(b, AP_BUFFER_BAD_VOCAB, "%s '%s' has V %d hash %016llx; the student's V %d hash %016llx",
-              s_sock_role[sock], h->name, h->vocab_size, (unsigned long long)h->vocab_hash, b->V,
+        s_bad(b, AP_BUFFER_BAD_VOCAB,
+              "%s '%s' has V %d hash %016llx; the student's V %d hash %016llx", s_sock_role[sock],
+              h->name, h->vocab_size, (unsigned long long)h->vocab_hash, b->V,
               (unsigned long long)b->vhash);
         s_send_reset(b, sock, from, reason);
         return;
@@ -1057,9 +1076,10 @@ static void s_on_learner_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *m, v
     const ap_batch_request_t *q = &m->u.batch_request;
     int n_on = q->trajectories > 0 ? (int)floor(b->lambda * q->trajectories / b->G + 1e-9) : 0;
     if (q->trajectories < 1 || q->trajectories > S_MAX_TRAJ || n_on > b->capacity) {
-        s_bad(b, AP_BUFFER_BAD_REQUEST, "batch request %llu for %d trajectories: needs %d "
-              "on-policy groups, the queue holds %d", (unsigned long long)q->request_id,
-              q->trajectories, n_on, b->capacity);
+        s_bad(b, AP_BUFFER_BAD_REQUEST,
+              "batch request %llu for %d trajectories: needs %d "
+              "on-policy groups, the queue holds %d",
+              (unsigned long long)q->request_id, q->trajectories, n_on, b->capacity);
         return;
     }
     for (int i = 0; i < b->n_breq; i++)
@@ -1076,8 +1096,10 @@ static void s_on_learner_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *m, v
         b->cap_breq = b->cap_breq ? 2 * b->cap_breq : 8;
         b->breq = ap_realloc(b->breq, (size_t)b->cap_breq * sizeof *b->breq);
     }
-    b->breq[b->n_breq++] = (s_breq_t){.pid = L->pid, .request_id = q->request_id,
-                                      .B = q->trajectories, .max_bytes = q->max_bytes,
+    b->breq[b->n_breq++] = (s_breq_t){.pid = L->pid,
+                                      .request_id = q->request_id,
+                                      .B = q->trajectories,
+                                      .max_bytes = q->max_bytes,
                                       .t_in = ap_now()};
     b->st.batch_requests++;
     s_kick(b, NULL);
@@ -1247,16 +1269,16 @@ ap_buffer_t *ap_buffer_new(ap_net_t *net, struct ev_loop *loop, const ap_buffer_
         free(b);
         return NULL;
     }
-    const char *eps[S_NSOCK] = {o->actors_endpoint ? o->actors_endpoint : cfg->endpoints.buffer_actors,
-                                o->teachers_endpoint ? o->teachers_endpoint
-                                                     : cfg->endpoints.buffer_teachers,
-                                o->learner_endpoint ? o->learner_endpoint
-                                                    : cfg->endpoints.buffer_learner};
+    const char *eps[S_NSOCK] = {
+        o->actors_endpoint ? o->actors_endpoint : cfg->endpoints.buffer_actors,
+        o->teachers_endpoint ? o->teachers_endpoint : cfg->endpoints.buffer_teachers,
+        o->learner_endpoint ? o->learner_endpoint : cfg->endpoints.buffer_learner};
     static const char *names[S_NSOCK] = {"buffer/actors", "buffer/teachers", "buffer/learner"};
     static const uint32_t accept[S_NSOCK] = {
         1u << AP_MSG_HELLO | 1u << AP_MSG_HEARTBEAT | 1u << AP_MSG_BYE | 1u << AP_MSG_GROUP,
         1u << AP_MSG_HELLO | 1u << AP_MSG_HEARTBEAT | 1u << AP_MSG_BYE | 1u << AP_MSG_SCORES,
-        1u << AP_MSG_HELLO | 1u << AP_MSG_HEARTBEAT | 1u << AP_MSG_BYE | 1u << AP_MSG_BATCH_REQUEST};
+        1u << AP_MSG_HELLO | 1u << AP_MSG_HEARTBEAT | 1u << AP_MSG_BYE |
+            1u << AP_MSG_BATCH_REQUEST};
     /* largest frames: a group (64 MiB), scores (full distributions: 256 MiB), a request (64 KiB) */
     static const size_t max_msg[S_NSOCK] = {64u << 20, 256u << 20, 64u << 10};
     static ap_sock_msg_cb cbs[S_NSOCK] = {s_on_actor_msg, s_on_teacher_msg, s_on_learner_msg};
@@ -1270,9 +1292,14 @@ ap_buffer_t *ap_buffer_new(ap_net_t *net, struct ev_loop *loop, const ap_buffer_
         ap_msg_limits_default(&lim);
         lim.vocab_size = b->V;
         lim.accept = accept[s];
-        ap_sock_opts_t so = {.type = AP_SOCK_ROUTER, .endpoint = eps[s], .bind = 1,
-                             .domain = s_sock_role[s], .max_msg = max_msg[s], .limits = &lim,
-                             .hwm = 10000, .linger_ms = 200, /* a final BYE may leave */
+        ap_sock_opts_t so = {.type = AP_SOCK_ROUTER,
+                             .endpoint = eps[s],
+                             .bind = 1,
+                             .domain = s_sock_role[s],
+                             .max_msg = max_msg[s],
+                             .limits = &lim,
+                             .hwm = 10000,
+                             .linger_ms = 200, /* a final BYE may leave */
                              .name = names[s]};
         b->sock[s] = ap_sock_new(net, &so);
         if (!b->sock[s]) {
@@ -1288,7 +1315,8 @@ ap_buffer_t *ap_buffer_new(ap_net_t *net, struct ev_loop *loop, const ap_buffer_
     b->tick.data = b;
     ev_timer_start(loop, &b->tick);
     b->t_start = b->last_report = ap_now();
-    ap_log(AP_LOG_INFO, "buffer: serving actors on %s, teachers on %s, the learner on %s; kinds%s%s%s; "
+    ap_log(AP_LOG_INFO,
+           "buffer: serving actors on %s, teachers on %s, the learner on %s; kinds%s%s%s; "
            "B from requests, G %d, lambda %g, capacity %d, %s",
            ap_sock_endpoint(b->sock[S_ACT]), ap_sock_endpoint(b->sock[S_TEA]),
            ap_sock_endpoint(b->sock[S_LRN]), b->kinds & 1 ? " external" : "",

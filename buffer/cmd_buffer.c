@@ -51,11 +51,21 @@ int ap_cmd_buffer(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "r:i:V:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'r': run = optarg; break;
-        case 'i': id = atoi(optarg); break;
-        case 'V': vocab = atoi(optarg); break;
-        case 'h': s_usage(stdout); return 0;
-        default: s_usage(stderr); return 2;
+        case 'r':
+            run = optarg;
+            break;
+        case 'i':
+            id = atoi(optarg);
+            break;
+        case 'V':
+            vocab = atoi(optarg);
+            break;
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        default:
+            s_usage(stderr);
+            return 2;
         }
     }
     if (!run || optind < argc || id < 0 || vocab < 0) {
@@ -76,18 +86,20 @@ int ap_cmd_buffer(int argc, char **argv) {
         V = ap_tokenizer_vocab_size(tok);
         hash = ap_tokenizer_hash(tok);
         if (vocab && vocab != V)
-            ap_log(AP_LOG_WARN, "buffer: --vocab-size %d ignored: %s/vocab.json has %d tokens", vocab,
-                   cfg->model.student, V);
+            ap_log(AP_LOG_WARN, "buffer: --vocab-size %d ignored: %s/vocab.json has %d tokens",
+                   vocab, cfg->model.student, V);
         ap_tokenizer_destroy(&tok);
     } else if (!vocab) {
-        ap_log(AP_LOG_ERROR, "buffer: the student's vocabulary: %s (or give --vocab-size)", ap_errmsg());
+        ap_log(AP_LOG_ERROR, "buffer: the student's vocabulary: %s (or give --vocab-size)",
+               ap_errmsg());
         ap_proc_close(&r);
         return 1;
     }
     ap_net_opts_t no = {0};
     char name[AP_NAME_MAX];
     snprintf(name, sizeof name, "buffer-%d", id);
-    if (cfg->security.curve && ap_buffer_load_keys(cfg->security.keys_dir, name, "buffer", &no) < 0) {
+    if (cfg->security.curve &&
+        ap_buffer_load_keys(cfg->security.keys_dir, name, "buffer", &no) < 0) {
         ap_log(AP_LOG_ERROR, "%s", ap_errmsg());
         ap_proc_close(&r);
         return 1;
@@ -101,7 +113,10 @@ int ap_cmd_buffer(int argc, char **argv) {
         ap_log(AP_LOG_ERROR, "%s", ap_errmsg());
     } else {
         struct ev_loop *loop = ev_default_loop(0);
-        ap_buffer_opts_t bo = {.cfg = cfg, .vocab_size = V, .vocab_hash = hash, .metrics = r.metrics,
+        ap_buffer_opts_t bo = {.cfg = cfg,
+                               .vocab_size = V,
+                               .vocab_hash = hash,
+                               .metrics = r.metrics,
                                .seed = (uint64_t)cfg->run.seed};
         b = ap_buffer_new(net, loop, &bo);
         if (!b) {

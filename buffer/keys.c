@@ -40,7 +40,8 @@ int ap_buffer_service_key(const char *keys_dir, const char *name, char pub[AP_Z8
 int ap_buffer_allow_keys(ap_net_t *net, const char *keys_dir) {
     static const struct {
         const char *prefix, *domain;
-    } rules[] = {{"actor", "actor"}, {"dataset", "actor"}, {"teacher", "teacher"}, {"learner", "learner"}};
+    } rules[] = {
+        {"actor", "actor"}, {"dataset", "actor"}, {"teacher", "teacher"}, {"learner", "learner"}};
     DIR *d = opendir(keys_dir);
     if (!d) return ap_err("security.curve: cannot open the keys directory %s", keys_dir);
     int count = 0, rc = 0;
@@ -54,7 +55,8 @@ int ap_buffer_allow_keys(ap_net_t *net, const char *keys_dir) {
             if (strncmp(stem, rules[r].prefix, strlen(rules[r].prefix))) continue;
             char path[1400], key[AP_Z85_KEY];
             snprintf(path, sizeof path, "%s/%s", keys_dir, e->d_name);
-            if (ap_curve_load_public(path, key) < 0 || ap_net_allow(net, rules[r].domain, key, stem) < 0)
+            if (ap_curve_load_public(path, key) < 0 ||
+                ap_net_allow(net, rules[r].domain, key, stem) < 0)
                 rc = -1;
             else
                 count++;

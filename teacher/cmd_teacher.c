@@ -47,28 +47,41 @@ static void s_on_signal(struct ev_loop *loop, ev_signal *w, int revents) {
 }
 
 int ap_cmd_teacher(int argc, char **argv) {
-    static const struct option opts[] = {{"run", required_argument, 0, 'r'},
-                                         {"id", required_argument, 0, 'i'},
-                                         {"kind", required_argument, 0, 'k'},
-                                         {"simulate", no_argument, 0, 's'},
-                                         {"delay-ms", required_argument, 0, 'd'},
-                                         {"vocab-size", required_argument, 0, 'V'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"run", required_argument, 0, 'r'},      {"id", required_argument, 0, 'i'},
+        {"kind", required_argument, 0, 'k'},     {"simulate", no_argument, 0, 's'},
+        {"delay-ms", required_argument, 0, 'd'}, {"vocab-size", required_argument, 0, 'V'},
+        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     const char *run = NULL, *kind_name = NULL;
     int id = 0, simulate = 0, vocab = 0, c;
     double delay_ms = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "r:i:k:sd:V:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'r': run = optarg; break;
-        case 'i': id = atoi(optarg); break;
-        case 'k': kind_name = optarg; break;
-        case 's': simulate = 1; break;
-        case 'd': delay_ms = atof(optarg); break;
-        case 'V': vocab = atoi(optarg); break;
-        case 'h': s_usage(stdout); return 0;
-        default: s_usage(stderr); return 2;
+        case 'r':
+            run = optarg;
+            break;
+        case 'i':
+            id = atoi(optarg);
+            break;
+        case 'k':
+            kind_name = optarg;
+            break;
+        case 's':
+            simulate = 1;
+            break;
+        case 'd':
+            delay_ms = atof(optarg);
+            break;
+        case 'V':
+            vocab = atoi(optarg);
+            break;
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        default:
+            s_usage(stderr);
+            return 2;
         }
     }
     int kind = ap_teacher_kind_parse(kind_name);
@@ -99,7 +112,8 @@ int ap_cmd_teacher(int argc, char **argv) {
     char buffer_key[AP_Z85_KEY], learner_key[AP_Z85_KEY];
     ap_net_opts_t no = {0};
     if (!simulate && (!dir || !*dir)) {
-        ap_log(AP_LOG_ERROR, "%s: model.teacher is empty: an external teacher needs a checkpoint", name);
+        ap_log(AP_LOG_ERROR, "%s: model.teacher is empty: an external teacher needs a checkpoint",
+               name);
         goto done;
     }
     if (simulate) { /* the student's vocabulary when there is one, else --vocab-size */
@@ -110,7 +124,8 @@ int ap_cmd_teacher(int argc, char **argv) {
         } else if (vocab > 0) {
             V = vocab;
         } else {
-            ap_log(AP_LOG_ERROR, "%s: --simulate needs the student's vocab.json or --vocab-size", name);
+            ap_log(AP_LOG_ERROR, "%s: --simulate needs the student's vocab.json or --vocab-size",
+                   name);
             goto done;
         }
     } else {
@@ -119,7 +134,8 @@ int ap_cmd_teacher(int argc, char **argv) {
             ap_log(AP_LOG_ERROR, "%s: %s", name, ap_errmsg());
             goto done;
         }
-        if (ap_teacher_check_vocab(dir, student, ap_model_config(model)->vocab_size, &V, &hash) < 0) {
+        if (ap_teacher_check_vocab(dir, student, ap_model_config(model)->vocab_size, &V, &hash) <
+            0) {
             ap_log(AP_LOG_ERROR, "%s: refusing to start: %s", name, ap_errmsg());
             goto done;
         }

@@ -42,8 +42,9 @@ void ap_teacher_params_for(ap_teacher_params_t *p, const ap_config_t *cfg, ap_te
     if (kind == AP_TEACHER_SELF && cfg->objective.opsd.c.enabled)
         p->temperature = (float)cfg->objective.opsd.tau;
     p->full = vocab_size > 0 && vocab_size <= cfg->teacher.full_vocab_max;
-    p->top_k = p->full ? vocab_size
-                       : vocab_size > 0 ? AP_MIN(cfg->teacher.top_k, vocab_size) : cfg->teacher.top_k;
+    p->top_k = p->full          ? vocab_size
+               : vocab_size > 0 ? AP_MIN(cfg->teacher.top_k, vocab_size)
+                                : cfg->teacher.top_k;
 }
 
 const char *ap_teacher_kind_name(ap_teacher_kind_t kind) {
@@ -138,9 +139,9 @@ static void s_position(const float *z, int V, int32_t y, const ap_teacher_params
 /* ---------------------------------------------------------------- batched scoring */
 
 typedef struct {
-    int j, i;  /* group, trajectory */
-    int P, L;  /* prefix and completion lengths */
-    int n;     /* input tokens = P + L - 1 */
+    int j, i; /* group, trajectory */
+    int P, L; /* prefix and completion lengths */
+    int n;    /* input tokens = P + L - 1 */
 } s_seq_t;
 
 static int s_cmp_seq(const void *a, const void *b) {
@@ -162,7 +163,8 @@ static const int32_t *s_prefix(const ap_group_t *g, int i, ap_teacher_kind_t kin
 
 int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
                           const ap_teacher_params_t *const *params, ap_version_t version,
-                          int max_batch_tokens, ap_scores_t **out, ap_teacher_score_stats_t *stats) {
+                          int max_batch_tokens, ap_scores_t **out,
+                          ap_teacher_score_stats_t *stats) {
     AP_ASSERT(m && n >= 0 && max_batch_tokens >= 1);
     const ap_model_config_t *mc = ap_model_config(m);
     const int V = mc->vocab_size;
@@ -193,8 +195,10 @@ int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
                         ap_scores_destroy(&out[k]);
                     return ap_err("teacher scoring: group %llu: %s[%d] = %d outside [0, %d)",
                                   (unsigned long long)g->id,
-                                  a == 0 ? "prompt" : a == 1 ? "tokens" : "ctx_tokens", i,
-                                  arr[a][i], V);
+                                  a == 0   ? "prompt"
+                                  : a == 1 ? "tokens"
+                                           : "ctx_tokens",
+                                  i, arr[a][i], V);
                 }
     }
     s_seq_t *seqs = ap_malloc((size_t)AP_MAX(total, 1) * sizeof *seqs);
@@ -314,7 +318,8 @@ ap_scores_t *ap_teacher_simulate(const ap_group_t *g, const ap_teacher_params_t 
                 for (int v = 0; v < V; v++)
                     lp[v] = AP_MIN(lp[v] - lse, 0.0f);
             } else if (K > 0) { /* K distinct ids, probabilities 0.2..0.4 halving: sum < 0.8 */
-                int32_t *ids = s->ids + (size_t)t * K, base = (int32_t)ap_rng_below(rng, (uint64_t)V);
+                int32_t *ids = s->ids + (size_t)t * K,
+                        base = (int32_t)ap_rng_below(rng, (uint64_t)V);
                 float top = logf(0.2f + 0.2f * (float)ap_rng_uniform(rng));
                 for (int k = 0; k < K; k++) {
                     ids[k] = (int32_t)((base + (int64_t)k * stride) % V);

@@ -22,9 +22,9 @@
 
 typedef struct {
     uint64_t request_id;
-    ap_group_t *g;          /* owned */
-    ap_teacher_params_t p;  /* as the request asked (tau_s from the config) */
-    double t_in;            /* ap_now() at arrival */
+    ap_group_t *g;         /* owned */
+    ap_teacher_params_t p; /* as the request asked (tau_s from the config) */
+    double t_in;           /* ap_now() at arrival */
 } s_job_t;
 
 struct ap_teacher {
@@ -41,7 +41,7 @@ struct ap_teacher {
     ap_scores_t **outbox; /* answers refused with EAGAIN, sent from on_writable */
     int n_out, cap_out;
     double hb, last_recv, last_sent, last_hello;
-    int hello_sent;       /* HELLO sent (a follow_weights teacher waits for weights first) */
+    int hello_sent; /* HELLO sent (a follow_weights teacher waits for weights first) */
     int stopped;
     ap_rng_t rng;
     ap_teacher_stats_t st;
@@ -77,7 +77,8 @@ static void s_hello(ap_teacher_t *t) {
 }
 
 static void s_drop_jobs(ap_teacher_t *t, const char *why) {
-    if (t->n_jobs > 0) ap_log(AP_LOG_INFO, "%s: %d held requests dropped (%s)", t->name, t->n_jobs, why);
+    if (t->n_jobs > 0)
+        ap_log(AP_LOG_INFO, "%s: %d held requests dropped (%s)", t->name, t->n_jobs, why);
     for (int i = 0; i < t->n_jobs; i++)
         ap_group_destroy(&t->jobs[i].g);
     t->st.dropped += (uint64_t)t->n_jobs;
@@ -121,8 +122,8 @@ static void s_take_weights(ap_teacher_t *t) {
     ap_weights_t *w;
     if (!t->wc || ap_wclient_take(t->wc, &w) != 1) return;
     if (ap_model_set_blob(t->o.model, w->params, w->params_bytes) < 0) {
-        ap_log(AP_LOG_ERROR, "%s: weights %u:%llu do not fit the model: %s", t->name, w->version.gen,
-               (unsigned long long)w->version.step, ap_errmsg());
+        ap_log(AP_LOG_ERROR, "%s: weights %u:%llu do not fit the model: %s", t->name,
+               w->version.gen, (unsigned long long)w->version.step, ap_errmsg());
     } else {
         t->st.version = w->version;
         t->st.versions++;
@@ -150,7 +151,8 @@ static void s_on_work(struct ev_loop *loop, ev_idle *w, int revents) {
         }
         for (int i = 0; i < n; i++) {
             s_job_t *j = &t->jobs[i];
-            ap_scores_t *s = ap_teacher_simulate(j->g, &j->p, t->o.vocab_size, t->st.version, &t->rng);
+            ap_scores_t *s =
+                ap_teacher_simulate(j->g, &j->p, t->o.vocab_size, t->st.version, &t->rng);
             s->request_id = j->request_id;
             t->st.tokens += (uint64_t)j->g->n_tokens;
             s_answer(t, s);
@@ -165,7 +167,8 @@ static void s_on_work(struct ev_loop *loop, ev_idle *w, int revents) {
         ap_scores_t **out = ap_calloc((size_t)n, sizeof *out);
         for (int i = 0; i < n; i++)
             gs[i] = t->jobs[i].g, ps[i] = &t->jobs[i].p;
-        if (ap_teacher_score_many(t->o.model, n, gs, ps, t->st.version, (int)budget, out, &t->ss) < 0) {
+        if (ap_teacher_score_many(t->o.model, n, gs, ps, t->st.version, (int)budget, out, &t->ss) <
+            0) {
             ap_log(AP_LOG_ERROR, "%s: %d requests not scored: %s", t->name, n, ap_errmsg());
             t->st.dropped += (uint64_t)n;
         } else {
@@ -232,7 +235,8 @@ static void s_on_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *m, void *dat
     }
     case AP_MSG_RESET:
         if (!strncmp(m->u.bye.reason, "vocab", 5)) {
-            ap_log(AP_LOG_ERROR, "%s: the buffer refuses this teacher: %s", t->name, m->u.bye.reason);
+            ap_log(AP_LOG_ERROR, "%s: the buffer refuses this teacher: %s", t->name,
+                   m->u.bye.reason);
             t->st.fatal = 1;
             ap_teacher_stop(t);
             ev_break(t->loop, EVBREAK_ALL);
@@ -267,9 +271,8 @@ static void s_report(ap_teacher_t *t, double now) {
     ap_metrics_add(m, "teacher/dropped", (double)t->st.dropped);
     ap_metrics_add(m, "teacher/skipped", (double)t->ss.skipped);
     ap_metrics_add(m, "teacher/pad_frac",
-                   t->ss.padded_tokens
-                       ? 1.0 - (double)t->ss.tokens / (double)t->ss.padded_tokens
-                       : 0.0);
+                   t->ss.padded_tokens ? 1.0 - (double)t->ss.tokens / (double)t->ss.padded_tokens
+                                       : 0.0);
     ap_metrics_add(m, "teacher/version_gen", t->st.version.gen);
     ap_metrics_add(m, "teacher/version_step", (double)t->st.version.step);
     if (ap_metrics_end(m) < 0) ap_log(AP_LOG_WARN, "%s: metrics: %s", t->name, ap_errmsg());
@@ -281,7 +284,7 @@ static void s_on_tick(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)revents;
     ap_teacher_t *t = w->data;
     double now = ap_now();
-    s_take_weights(t); /* the loop is between passes here too */
+    s_take_weights(t);    /* the loop is between passes here too */
     if (!t->hello_sent) { /* a follow_weights teacher: serve once the first version is here */
         if (t->st.versions > 0) s_hello(t);
     } else if (now - t->last_recv > 3 * t->hb) {
@@ -303,7 +306,8 @@ static void s_on_tick(struct ev_loop *loop, ev_timer *w, int revents) {
 ap_teacher_t *ap_teacher_new(ap_net_t *net, struct ev_loop *loop, const ap_teacher_opts_t *o) {
     AP_ASSERT(net && loop && o && o->cfg);
     AP_ASSERT(o->simulate || o->model);
-    if ((unsigned)o->kind >= AP_TEACHER_COUNT) return ap_err("teacher: kind %d unknown", (int)o->kind), NULL;
+    if ((unsigned)o->kind >= AP_TEACHER_COUNT)
+        return ap_err("teacher: kind %d unknown", (int)o->kind), NULL;
     const char *ep = o->endpoint ? o->endpoint : o->cfg->endpoints.buffer_teachers;
     if (!ep || !*ep) return ap_err("teacher: endpoints.buffer_teachers is empty"), NULL;
     if (o->simulate && o->vocab_size < 1)
@@ -311,8 +315,7 @@ ap_teacher_t *ap_teacher_new(ap_net_t *net, struct ev_loop *loop, const ap_teach
     ap_teacher_t *t = ap_calloc(1, sizeof *t);
     t->cfg = o->cfg;
     t->o = *o;
-    snprintf(t->name, sizeof t->name, "%s",
-             o->name ? o->name : ap_teacher_kind_name(o->kind));
+    snprintf(t->name, sizeof t->name, "%s", o->name ? o->name : ap_teacher_kind_name(o->kind));
     t->loop = loop;
     t->hb = o->cfg->buffer.heartbeat_ms / 1000.0;
     t->report_interval = o->report_interval > 0 ? o->report_interval : 1.0;
@@ -321,12 +324,16 @@ ap_teacher_t *ap_teacher_new(ap_net_t *net, struct ev_loop *loop, const ap_teach
     ap_msg_limits_t lim;
     ap_msg_limits_default(&lim);
     lim.vocab_size = o->vocab_size;
-    lim.accept = 1u << AP_MSG_SCORE_REQUEST | 1u << AP_MSG_HEARTBEAT | 1u << AP_MSG_RESET |
-                 1u << AP_MSG_BYE;
+    lim.accept =
+        1u << AP_MSG_SCORE_REQUEST | 1u << AP_MSG_HEARTBEAT | 1u << AP_MSG_RESET | 1u << AP_MSG_BYE;
     char sname[96];
     snprintf(sname, sizeof sname, "%s/buffer", t->name);
-    ap_sock_opts_t so = {.type = AP_SOCK_DEALER, .endpoint = ep, .server_key = o->buffer_key,
-                         .max_msg = 64u << 20, .limits = &lim, .name = sname};
+    ap_sock_opts_t so = {.type = AP_SOCK_DEALER,
+                         .endpoint = ep,
+                         .server_key = o->buffer_key,
+                         .max_msg = 64u << 20,
+                         .limits = &lim,
+                         .name = sname};
     t->sock = ap_sock_new(net, &so);
     if (!t->sock) {
         free(t);
@@ -352,7 +359,8 @@ ap_teacher_t *ap_teacher_new(ap_net_t *net, struct ev_loop *loop, const ap_teach
     ev_idle_init(&t->work, s_on_work);
     t->work.data = t;
     double tick = AP_MIN(0.1, AP_MAX(0.005, t->hb / 4));
-    if (o->simulate && o->simulate_delay_s > 0) tick = AP_MIN(tick, AP_MAX(0.002, o->simulate_delay_s / 4));
+    if (o->simulate && o->simulate_delay_s > 0)
+        tick = AP_MIN(tick, AP_MAX(0.002, o->simulate_delay_s / 4));
     ev_timer_init(&t->tick, s_on_tick, tick, tick);
     t->tick.data = t;
     ev_timer_start(loop, &t->tick);
@@ -360,7 +368,9 @@ ap_teacher_t *ap_teacher_new(ap_net_t *net, struct ev_loop *loop, const ap_teach
     if (!o->follow_weights) s_hello(t);
     ap_log(AP_LOG_INFO, "%s: %s teacher on %s%s", t->name, ap_teacher_kind_name(o->kind),
            ap_sock_endpoint(t->sock),
-           o->simulate ? " (simulated scores)" : o->follow_weights ? " (following the learner's weights)" : "");
+           o->simulate         ? " (simulated scores)"
+           : o->follow_weights ? " (following the learner's weights)"
+                               : "");
     return t;
 }
 

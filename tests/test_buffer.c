@@ -60,9 +60,13 @@ static void env_open(env_t *e, const char *tag, void (*tweak)(ap_config_t *)) {
     ap_net_opts_t no = {0};
     e->net = ap_net_new(&no);
     e->loop = ev_loop_new(EVFLAG_AUTO);
-    ap_buffer_opts_t o = {.cfg = c, .vocab_size = V, .vocab_hash = 0x1234,
-                          .actors_endpoint = e->ep[0], .teachers_endpoint = e->ep[1],
-                          .learner_endpoint = e->ep[2], .seed = 7};
+    ap_buffer_opts_t o = {.cfg = c,
+                          .vocab_size = V,
+                          .vocab_hash = 0x1234,
+                          .actors_endpoint = e->ep[0],
+                          .teachers_endpoint = e->ep[1],
+                          .learner_endpoint = e->ep[2],
+                          .seed = 7};
     e->b = ap_buffer_new(e->net, e->loop, &o);
     AP_ASSERTF(e->b, "%s", ap_errmsg());
 }
@@ -115,11 +119,11 @@ typedef struct {
     ap_version_t version; /* the actors' policy version and the learner's */
     int actor_G[8];       /* G per actor */
     int max_len;
-    int produce;          /* actors send a group whenever they hold credit */
+    int produce; /* actors send a group whenever they hold credit */
     int B, want_batches, requested, prefetch;
     uint64_t max_bytes;
-    int done_parts;       /* batch parts the learner has seen */
-    int complete;         /* complete batches received */
+    int done_parts; /* batch parts the learner has seen */
+    int complete;   /* complete batches received */
 } drv_t;
 
 static int batch_complete(fk_t *L, uint64_t id) {
@@ -182,8 +186,10 @@ static void check_composition(drv_t *d, int B, int want_on_groups, int want_ds_t
         for (int i = 0; i < n; i++) {
             const ap_group_t *g = items[i]->group;
             total += g->G;
-            if (g->source == AP_SOURCE_ON_POLICY) on++, on_traj += g->G;
-            else ds_traj += g->G, trimmed += g->G < 4 ? g->G : 0;
+            if (g->source == AP_SOURCE_ON_POLICY)
+                on++, on_traj += g->G;
+            else
+                ds_traj += g->G, trimmed += g->G < 4 ? g->G : 0;
             const ap_scores_t *s = ap_batch_item_scores(items[i], AP_TEACHER_EXTERNAL);
             if (!s || items[i]->n_scores != 1 || ap_msg_scores_match(s, g) < 0) scored = 0;
             for (int j = 0; j < *n_seen; j++)
@@ -205,8 +211,14 @@ static void test_compose(void) {
     printf("compose: lambda 0.5, B 16, G 4\n");
     env_t e;
     env_open(&e, "compose", tweak_compose);
-    drv_t d = {.e = &e, .n_actors = 2, .max_len = 6, .produce = 1, .B = 16, .want_batches = 25,
-               .prefetch = 2, .version = {1, 0}};
+    drv_t d = {.e = &e,
+               .n_actors = 2,
+               .max_len = 6,
+               .produce = 1,
+               .B = 16,
+               .want_batches = 25,
+               .prefetch = 2,
+               .version = {1, 0}};
     ap_rng_seed(&d.rng, 1, 1);
     d.actors[0] = fk_new(e.net, e.ep[0], "actor-0", AP_ROLE_ACTOR, HB, NULL);
     d.actors[1] = fk_new(e.net, e.ep[0], "dataset-0", AP_ROLE_ACTOR, HB, NULL);
@@ -272,7 +284,12 @@ static void test_killed(void) {
     printf("killed: a teacher dies holding 4 requests\n");
     env_t e;
     env_open(&e, "killed", NULL);
-    drv_t d = {.e = &e, .n_actors = 1, .max_len = 6, .B = 8, .want_batches = 2, .prefetch = 2,
+    drv_t d = {.e = &e,
+               .n_actors = 1,
+               .max_len = 6,
+               .B = 8,
+               .want_batches = 2,
+               .prefetch = 2,
                .version = {1, 0}};
     ap_rng_seed(&d.rng, 2, 2);
     d.actors[0] = fk_new(e.net, e.ep[0], "actor-0", AP_ROLE_ACTOR, HB, NULL);
@@ -287,7 +304,8 @@ static void test_killed(void) {
     d.produce = 1;
     drv_step(&d);
     d.produce = 0;
-    AP_CHECK(fk_pump(e.loop, all, 2, 3.0, cond_held, t1), "teacher 1 holds %d requests", t1->n_jobs);
+    AP_CHECK(fk_pump(e.loop, all, 2, 3.0, cond_held, t1), "teacher 1 holds %d requests",
+             t1->n_jobs);
     fk_t *t2 = fk_new(e.net, e.ep[1], "teacher-external-1", AP_ROLE_TEACHER, HB, NULL);
     fk_hello(t2, 1, AP_TEACHER_EXTERNAL, 4, V, 0x1234);
     fk_pump(e.loop, all, 2, 0.02, NULL, NULL);
@@ -433,7 +451,8 @@ static void test_stale(void) {
     AP_CHECK(L->n_parts == 1 && L->parts[0]->n_items == 1 && L->parts[0]->items[0].group->id == 102,
              "batch 1 should hold group 102 (version 1:6)");
     AP_CHECK(st.drops[AP_BUFFER_DROP_STALE] == 1 && st.drops[AP_BUFFER_DROP_OLD_GENERATION] == 1,
-             "intake: stale %llu old_generation %llu", (unsigned long long)st.drops[AP_BUFFER_DROP_STALE],
+             "intake: stale %llu old_generation %llu",
+             (unsigned long long)st.drops[AP_BUFFER_DROP_STALE],
              (unsigned long long)st.drops[AP_BUFFER_DROP_OLD_GENERATION]);
     /* a ready group that goes stale when the learner moves on: 103 at 1:10, learner 1:15 */
     send_group(a, &r, 103, (ap_version_t){1, 10});
@@ -464,7 +483,8 @@ static void test_stale(void) {
     for (int i = 0; i < L->n_parts; i++)
         for (int k = 0; k < L->parts[i]->n_items && n_served < 8; k++)
             served[n_served++] = L->parts[i]->items[k].group->id;
-    printf("  stale %llu, old_generation %llu, served %d:", (unsigned long long)st.drops[AP_BUFFER_DROP_STALE],
+    printf("  stale %llu, old_generation %llu, served %d:",
+           (unsigned long long)st.drops[AP_BUFFER_DROP_STALE],
            (unsigned long long)st.drops[AP_BUFFER_DROP_OLD_GENERATION], n_served);
     for (int i = 0; i < n_served; i++)
         printf(" %llu", (unsigned long long)served[i]);
@@ -502,7 +522,8 @@ static int flood_step(void *arg) {
     drv_step(f->d);
     ap_buffer_stats_t st = stats(f->e);
     f->max_pending = AP_MAX(f->max_pending, st.pending[AP_SOURCE_ON_POLICY]);
-    f->max_held = AP_MAX(f->max_held, st.pending[AP_SOURCE_ON_POLICY] + st.ready[AP_SOURCE_ON_POLICY]);
+    f->max_held =
+        AP_MAX(f->max_held, st.pending[AP_SOURCE_ON_POLICY] + st.ready[AP_SOURCE_ON_POLICY]);
     return 0;
 }
 
@@ -540,8 +561,9 @@ static void test_flood(void) {
     for (int i = 0; i < 4; i++)
         credit += d.actors[i]->credit;
     credit += rogue->credit;
-    printf("  honest actors: pending max %d (capacity 16), now %d, credit still out %d, drops %llu\n",
-           fl.max_pending, st.pending[0], credit, (unsigned long long)st.drops_total);
+    printf(
+        "  honest actors: pending max %d (capacity 16), now %d, credit still out %d, drops %llu\n",
+        fl.max_pending, st.pending[0], credit, (unsigned long long)st.drops_total);
     AP_CHECK(fl.max_pending <= 16 && st.pending[0] + credit <= 16 && st.drops_total == 0,
              "credit did not bound the queue");
     AP_CHECK(st.pending[0] + credit == 16, "the queue should be full of pending + credit: %d",
@@ -552,7 +574,8 @@ static void test_flood(void) {
     double rss1 = ap_peak_rss_mb();
     st = stats(&e);
     printf("  rogue 2000 groups (16 KB each): pending %d, overflow drops %llu, over_credit %llu, "
-           "peak RSS %.1f MB\n", st.pending[0], (unsigned long long)st.drops[AP_BUFFER_DROP_OVERFLOW],
+           "peak RSS %.1f MB\n",
+           st.pending[0], (unsigned long long)st.drops[AP_BUFFER_DROP_OVERFLOW],
            (unsigned long long)st.over_credit, rss1);
     AP_CHECK(st.pending[0] <= 16 && st.drops[AP_BUFFER_DROP_OVERFLOW] >= 1990,
              "overflow: pending %d, drops %llu", st.pending[0],
@@ -601,7 +624,8 @@ static void tweak_reuse_uniform(ap_config_t *c) {
 
 static int reuse_case(int uniform, int n_groups, int max_reuse, uint64_t *order) {
     env_t e;
-    env_open(&e, uniform ? "reuse-u" : "reuse-n", uniform ? tweak_reuse_uniform : tweak_reuse_newest);
+    env_open(&e, uniform ? "reuse-u" : "reuse-n",
+             uniform ? tweak_reuse_uniform : tweak_reuse_newest);
     fk_t *a = fk_new(e.net, e.ep[0], "actor-0", AP_ROLE_ACTOR, HB, NULL);
     fk_t *t = fk_new(e.net, e.ep[1], "teacher-external-0", AP_ROLE_TEACHER, HB, NULL);
     fk_t *L = fk_new(e.net, e.ep[2], "learner-0", AP_ROLE_LEARNER, HB, NULL);
@@ -613,7 +637,8 @@ static int reuse_case(int uniform, int n_groups, int max_reuse, uint64_t *order)
     ap_rng_t r;
     ap_rng_seed(&r, 6, 6);
     for (int i = 0; i < n_groups; i++) {
-        ap_group_t *g = fk_group(&r, 1 + (uint64_t)i, 4, 4, V, AP_SOURCE_ON_POLICY, (ap_version_t){1, 0});
+        ap_group_t *g =
+            fk_group(&r, 1 + (uint64_t)i, 4, 4, V, AP_SOURCE_ON_POLICY, (ap_version_t){1, 0});
         fk_send_group(a, g, 1);
         ap_group_destroy(&g);
         fk_pump(e.loop, all, 3, 0.03, NULL, NULL);
@@ -637,8 +662,9 @@ static int reuse_case(int uniform, int n_groups, int max_reuse, uint64_t *order)
            (unsigned long long)st.retired, st.batch_waiting);
     AP_CHECK(n == n_groups * max_reuse && st.batch_waiting == 1, "served %d, want %d then wait", n,
              n_groups * max_reuse);
-    AP_CHECK(st.reuses == (uint64_t)(n_groups * (max_reuse - 1)) && st.retired == (uint64_t)n_groups,
-             "reuses %llu retired %llu", (unsigned long long)st.reuses, (unsigned long long)st.retired);
+    AP_CHECK(
+        st.reuses == (uint64_t)(n_groups * (max_reuse - 1)) && st.retired == (uint64_t)n_groups,
+        "reuses %llu retired %llu", (unsigned long long)st.reuses, (unsigned long long)st.retired);
     check_books(&e, "reuse");
     fk_destroy(&a), fk_destroy(&t), fk_destroy(&L);
     env_close(&e);
@@ -695,8 +721,8 @@ static void test_sync(void) {
              a0->credit_msgs);
     fk_request_batch(L, 1, (ap_version_t){1, 3}, 8, 0);
     fk_pump(e.loop, all, 4, 0.3, NULL, NULL);
-    printf("  after a request for 8 (2 groups) at 1:3: credit %d + %d, latest %u:%llu\n", a0->credit,
-           a1->credit, a0->latest.gen, (unsigned long long)a0->latest.step);
+    printf("  after a request for 8 (2 groups) at 1:3: credit %d + %d, latest %u:%llu\n",
+           a0->credit, a1->credit, a0->latest.gen, (unsigned long long)a0->latest.step);
     AP_CHECK(a0->credit + a1->credit == 2 && a0->latest.step == 3 && a1->latest.step == 3,
              "sync grant: %d + %d", a0->credit, a1->credit);
     ap_rng_t r;

@@ -84,9 +84,10 @@ int main(void) {
     const char *bin = getenv("AP_BIN");
     static const char *names[4] = {"buffer", "actor-0", "teacher-external-0", "learner"};
     if (bin) {
-        snprintf(cmd, sizeof cmd, "'%s' keygen --dir '%s' %s %s %s %s > /dev/null && '%s' keygen "
-                 "--dir '%s' actor-0 > /dev/null", bin, keys, names[0], names[1], names[2],
-                 names[3], bin, other);
+        snprintf(cmd, sizeof cmd,
+                 "'%s' keygen --dir '%s' %s %s %s %s > /dev/null && '%s' keygen "
+                 "--dir '%s' actor-0 > /dev/null",
+                 bin, keys, names[0], names[1], names[2], names[3], bin, other);
         AP_CHECK(system(cmd) == 0, "keygen");
     } else {
         for (int i = 0; i < 4; i++)
@@ -104,7 +105,8 @@ int main(void) {
     cfg->objective.gkd.c.enabled = 1;
     cfg->buffer.heartbeat_ms = (int)(HB * 1000);
     s_loop = ev_loop_new(EVFLAG_AUTO);
-    ap_buffer_opts_t bo = {.cfg = cfg, .actors_endpoint = "tcp://127.0.0.1:*",
+    ap_buffer_opts_t bo = {.cfg = cfg,
+                           .actors_endpoint = "tcp://127.0.0.1:*",
                            .teachers_endpoint = "tcp://127.0.0.1:*",
                            .learner_endpoint = "tcp://127.0.0.1:*"};
     s_buf = ap_buffer_new(s_srv, s_loop, &bo);

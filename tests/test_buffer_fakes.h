@@ -37,7 +37,7 @@ typedef struct {
     ap_sock_t *s;
     char name[AP_NAME_MAX];
     ap_role_t role;
-    int alive;         /* sends heartbeats; 0 after fk_kill */
+    int alive; /* sends heartbeats; 0 after fk_kill */
     double hb, last_hb;
     int resets, byes, heartbeats;
     char last_reset[AP_NAME_MAX];
@@ -68,8 +68,12 @@ static inline fk_t *fk_new(ap_net_t *net, const char *endpoint, const char *name
     f->hb = hb;
     f->alive = 1;
     ap_rng_seed(&f->rng, 99, (uint64_t)(uintptr_t)f);
-    ap_sock_opts_t o = {.type = AP_SOCK_DEALER, .endpoint = endpoint, .linger_ms = 0,
-                        .max_msg = 256u << 20, .server_key = server_key, .name = f->name};
+    ap_sock_opts_t o = {.type = AP_SOCK_DEALER,
+                        .endpoint = endpoint,
+                        .linger_ms = 0,
+                        .max_msg = 256u << 20,
+                        .server_key = server_key,
+                        .name = f->name};
     f->s = ap_sock_new(net, &o);
     AP_ASSERTF(f->s, "%s", ap_errmsg());
     return f;
@@ -77,8 +81,11 @@ static inline fk_t *fk_new(ap_net_t *net, const char *endpoint, const char *name
 
 static inline void fk_send(fk_t *f, const ap_msg_t *m) {
     if (ap_sock_send(f->s, NULL, m) < 0) {
-        if (errno == EAGAIN) f->send_again++; /* no connection (refused) or a full pipe */
-        else fprintf(stderr, "fake %s: send %s: %s\n", f->name, ap_msg_type_name(m->type), ap_errmsg());
+        if (errno == EAGAIN)
+            f->send_again++; /* no connection (refused) or a full pipe */
+        else
+            fprintf(stderr, "fake %s: send %s: %s\n", f->name, ap_msg_type_name(m->type),
+                    ap_errmsg());
     }
     f->last_hb = ap_now();
 }
@@ -86,8 +93,12 @@ static inline void fk_send(fk_t *f, const ap_msg_t *m) {
 static inline void fk_hello(fk_t *f, int id, ap_teacher_kind_t kind, int capacity, int V,
                             uint64_t hash) {
     ap_msg_t m = {.type = AP_MSG_HELLO,
-                  .u.hello = {.role = f->role, .id = id, .capacity = (uint32_t)capacity,
-                              .vocab_size = V, .vocab_hash = hash, .kind = kind}};
+                  .u.hello = {.role = f->role,
+                              .id = id,
+                              .capacity = (uint32_t)capacity,
+                              .vocab_size = V,
+                              .vocab_hash = hash,
+                              .kind = kind}};
     snprintf(m.u.hello.name, sizeof m.u.hello.name, "%s", f->name);
     f->kind = kind;
     f->V = V;
@@ -103,10 +114,12 @@ static inline int fk_send_group(fk_t *f, const ap_group_t *g, int force) {
     return 1;
 }
 
-static inline void fk_request_batch(fk_t *f, uint64_t id, ap_version_t v, int B, uint64_t max_bytes) {
-    ap_msg_t m = {.type = AP_MSG_BATCH_REQUEST,
-                  .u.batch_request = {.request_id = id, .learner_version = v, .trajectories = B,
-                                      .max_bytes = max_bytes}};
+static inline void fk_request_batch(fk_t *f, uint64_t id, ap_version_t v, int B,
+                                    uint64_t max_bytes) {
+    ap_msg_t m = {
+        .type = AP_MSG_BATCH_REQUEST,
+        .u.batch_request = {
+            .request_id = id, .learner_version = v, .trajectories = B, .max_bytes = max_bytes}};
     fk_send(f, &m);
 }
 
@@ -145,9 +158,11 @@ static inline void fk_on_msg(fk_t *f, ap_msg_t *m) {
         j->g = q->group;
         q->group = NULL;
         j->t_in = ap_now();
-        j->p = (ap_teacher_params_t){.kind = q->kind, .full = q->full,
+        j->p = (ap_teacher_params_t){.kind = q->kind,
+                                     .full = q->full,
                                      .top_k = q->full ? f->V : q->top_k,
-                                     .temperature = q->temperature, .sampled_temperature = 1};
+                                     .temperature = q->temperature,
+                                     .sampled_temperature = 1};
         break;
     }
     case AP_MSG_BATCH:
@@ -160,9 +175,14 @@ static inline void fk_on_msg(fk_t *f, ap_msg_t *m) {
         f->resets++;
         snprintf(f->last_reset, sizeof f->last_reset, "%s", m->u.bye.reason);
         break;
-    case AP_MSG_BYE: f->byes++; break;
-    case AP_MSG_HEARTBEAT: f->heartbeats++; break;
-    default: break;
+    case AP_MSG_BYE:
+        f->byes++;
+        break;
+    case AP_MSG_HEARTBEAT:
+        f->heartbeats++;
+        break;
+    default:
+        break;
     }
 }
 

@@ -45,7 +45,8 @@ static int s_drive(void *arg) {
     (void)arg;
     fk_t *a = s_good[0], *L = s_good[2];
     while (a->credit > 0) {
-        ap_group_t *g = fk_group(&s_rng, s_next_id++, 4, 6, V, AP_SOURCE_ON_POLICY, (ap_version_t){1, 0});
+        ap_group_t *g =
+            fk_group(&s_rng, s_next_id++, 4, 6, V, AP_SOURCE_ON_POLICY, (ap_version_t){1, 0});
         fk_send_group(a, g, 0);
         ap_group_destroy(&g);
     }
@@ -117,7 +118,8 @@ static void s_malformed(ap_net_t *net, const char *eps[3]) {
         s_pump(0.05);
         /* a valid message of a type this socket does not take, and one it does */
         ap_msg_t other = {.type = s == 0 ? AP_MSG_BATCH_REQUEST : AP_MSG_GROUP, .u.group = g};
-        if (s == 0) other.u.batch_request = (ap_batch_request_t){.request_id = 1, .trajectories = 4};
+        if (s == 0)
+            other.u.batch_request = (ap_batch_request_t){.request_id = 1, .trajectories = 4};
         size_t n_other, n_good;
         uint8_t *b_other = s_encode(&other, &n_other);
         ap_msg_t hb = {.type = AP_MSG_HEARTBEAT, .seq = 3, .u.heartbeat = {.time = 1.0}};
@@ -206,11 +208,11 @@ static void s_malformed(ap_net_t *net, const char *eps[3]) {
     }
     /* random mutations of valid messages on every socket: whatever happens, no crash */
     ap_scores_t *sc = fx_scores(&s_rng, g, 8, 0, V, AP_TEACHER_EXTERNAL);
-    ap_msg_t ms[4] = {{.type = AP_MSG_GROUP, .u.group = g},
-                      {.type = AP_MSG_SCORES, .u.scores = sc},
-                      {.type = AP_MSG_BATCH_REQUEST,
-                       .u.batch_request = {.request_id = 5, .trajectories = 8}},
-                      {.type = AP_MSG_HELLO, .u.hello = {.role = AP_ROLE_ACTOR, .name = "x"}}};
+    ap_msg_t ms[4] = {
+        {.type = AP_MSG_GROUP, .u.group = g},
+        {.type = AP_MSG_SCORES, .u.scores = sc},
+        {.type = AP_MSG_BATCH_REQUEST, .u.batch_request = {.request_id = 5, .trajectories = 8}},
+        {.type = AP_MSG_HELLO, .u.hello = {.role = AP_ROLE_ACTOR, .name = "x"}}};
     uint64_t before = s_stats().rejected;
     for (int s = 0; s < 3; s++) {
         void *z = s_raw(net, eps[s]);
@@ -276,11 +278,12 @@ static void s_semantic(ap_net_t *net, const char *eps[3]) {
     for (int r = 0; r < AP_BUFFER_BAD_REASON_COUNT; r++)
         printf("  semantic %-16s %llu\n", ap_buffer_bad_name((ap_buffer_bad_t)r),
                (unsigned long long)(st.bad[r] - st0.bad[r]));
-    printf("  invalid group drops %llu; stranger RESETs %d; vocabulary RESET '%s'; answers by the "
-           "bad teachers %llu + %llu\n",
-           (unsigned long long)(st.drops[AP_BUFFER_DROP_INVALID] - st0.drops[AP_BUFFER_DROP_INVALID]),
-           stranger->resets, vocab->last_reset, (unsigned long long)wk->answered,
-           (unsigned long long)mm->answered);
+    printf(
+        "  invalid group drops %llu; stranger RESETs %d; vocabulary RESET '%s'; answers by the "
+        "bad teachers %llu + %llu\n",
+        (unsigned long long)(st.drops[AP_BUFFER_DROP_INVALID] - st0.drops[AP_BUFFER_DROP_INVALID]),
+        stranger->resets, vocab->last_reset, (unsigned long long)wk->answered,
+        (unsigned long long)mm->answered);
     AP_CHECK(st.bad[AP_BUFFER_BAD_UNKNOWN_PEER] > st0.bad[AP_BUFFER_BAD_UNKNOWN_PEER] &&
                  stranger->resets >= 1,
              "unknown peer");
@@ -290,15 +293,17 @@ static void s_semantic(ap_net_t *net, const char *eps[3]) {
     AP_CHECK(st.bad[AP_BUFFER_BAD_VOCAB] == st0.bad[AP_BUFFER_BAD_VOCAB] + 1 &&
                  !strncmp(vocab->last_reset, "vocab mismatch", 14),
              "vocabulary");
-    AP_CHECK(wk->answered > 0 && st.bad[AP_BUFFER_BAD_WRONG_KIND] - st0.bad[AP_BUFFER_BAD_WRONG_KIND] ==
-                                     wk->answered,
+    AP_CHECK(wk->answered > 0 &&
+                 st.bad[AP_BUFFER_BAD_WRONG_KIND] - st0.bad[AP_BUFFER_BAD_WRONG_KIND] ==
+                     wk->answered,
              "wrong kind: %llu answers", (unsigned long long)wk->answered);
     AP_CHECK(mm->answered > 0 && st.bad[AP_BUFFER_BAD_MISMATCH] - st0.bad[AP_BUFFER_BAD_MISMATCH] ==
                                      mm->answered + 1, /* + the group of the wrong size */
              "mismatch: %llu answers", (unsigned long long)mm->answered);
     AP_CHECK(st.bad[AP_BUFFER_BAD_UNKNOWN_REQUEST] == st0.bad[AP_BUFFER_BAD_UNKNOWN_REQUEST] + 1,
              "unknown request");
-    AP_CHECK(st.bad[AP_BUFFER_BAD_REQUEST] == st0.bad[AP_BUFFER_BAD_REQUEST] + 1, "bad batch request");
+    AP_CHECK(st.bad[AP_BUFFER_BAD_REQUEST] == st0.bad[AP_BUFFER_BAD_REQUEST] + 1,
+             "bad batch request");
     AP_CHECK(st.drops[AP_BUFFER_DROP_INVALID] == st0.drops[AP_BUFFER_DROP_INVALID] + 1,
              "wrong-size group dropped");
     AP_CHECK(st.drops[AP_BUFFER_DROP_TEACHER_FAILED] == 0, "a group lost to bad teachers");
@@ -327,8 +332,11 @@ int main(void) {
     ap_net_opts_t no = {0};
     ap_net_t *net = ap_net_new(&no);
     s_loop = ev_loop_new(EVFLAG_AUTO);
-    ap_buffer_opts_t o = {.cfg = s_cfg, .vocab_size = V, .vocab_hash = 0x1234,
-                          .actors_endpoint = eps[0], .teachers_endpoint = eps[1],
+    ap_buffer_opts_t o = {.cfg = s_cfg,
+                          .vocab_size = V,
+                          .vocab_hash = 0x1234,
+                          .actors_endpoint = eps[0],
+                          .teachers_endpoint = eps[1],
                           .learner_endpoint = eps[2]};
     s_buf = ap_buffer_new(net, s_loop, &o);
     AP_ASSERTF(s_buf, "%s", ap_errmsg());
@@ -355,7 +363,8 @@ int main(void) {
     ap_buffer_stats_t st = s_stats();
     AP_CHECK(st.groups_in == st.drops_total + st.served_first + (uint64_t)st.held_unserved,
              "books: in %llu drops %llu served %llu held %d", (unsigned long long)st.groups_in,
-             (unsigned long long)st.drops_total, (unsigned long long)st.served_first, st.held_unserved);
+             (unsigned long long)st.drops_total, (unsigned long long)st.served_first,
+             st.held_unserved);
     printf("books: in %llu = drops %llu + served %llu + held %d; codec rejects %llu\n",
            (unsigned long long)st.groups_in, (unsigned long long)st.drops_total,
            (unsigned long long)st.served_first, st.held_unserved, (unsigned long long)st.rejected);

@@ -57,8 +57,8 @@ static pid_t s_start_buffer(void) {
 static pid_t s_start_teacher(int id) {
     char ids[16], *log = ap_sprintf("%s/logs/teacher-external-%d.log", s_dir, id);
     snprintf(ids, sizeof ids, "%d", id);
-    char *argv[] = {(char *)s_bin, "teacher", "--run", s_dir, "--kind", "external", "--id", ids,
-                    "--simulate", "--delay-ms", "30", NULL};
+    char *argv[] = {(char *)s_bin, "teacher", "--run",      s_dir,        "--kind", "external",
+                    "--id",        ids,       "--simulate", "--delay-ms", "30",     NULL};
     pid_t p = s_spawn(log, argv);
     free(log);
     return p;
@@ -100,9 +100,9 @@ typedef struct {
     uint64_t next_id, last_id; /* send groups next_id .. last_id */
     int seen[512];             /* times each group id reached the learner */
     uint64_t requested, batches;
-    int received;              /* groups received in batches */
-    int want;                  /* stop when received reaches this */
-    int kill_at;               /* SIGKILL kill_pid when received reaches this */
+    int received; /* groups received in batches */
+    int want;     /* stop when received reaches this */
+    int kill_at;  /* SIGKILL kill_pid when received reaches this */
     pid_t kill_pid;
     double killed_at;
 } s_work_t;
@@ -118,8 +118,8 @@ static int s_step(void *arg) {
         w->requested = w->batches; /* the requests were lost with the old buffer */
     }
     while (a->credit > 0 && w->next_id <= w->last_id) {
-        ap_group_t *g = fk_group(&w->rng, w->next_id++, 4, 8, w->V, AP_SOURCE_ON_POLICY,
-                                 (ap_version_t){1, 0});
+        ap_group_t *g =
+            fk_group(&w->rng, w->next_id++, 4, 8, w->V, AP_SOURCE_ON_POLICY, (ap_version_t){1, 0});
         fk_send_group(a, g, 0);
         ap_group_destroy(&g);
     }
@@ -240,11 +240,12 @@ int main(void) {
     AP_CHECK(w.actor->byes == 1 && w.learner->byes == 1, "BYE to the peers");
     w.actor->credit = 0; /* the buffer left: its credit went with it */
     json_t *m = s_last_metrics("buffer-0", "buffer/groups_in");
-    printf("  final record: groups_in %.0f served_first %.0f drops %.0f held %.0f redispatched %.0f "
-           "teachers_expired %.0f late %.0f\n",
-           s_val(m, "buffer/groups_in"), s_val(m, "buffer/served_first"), s_val(m, "buffer/drops"),
-           s_val(m, "buffer/held_unserved"), s_val(m, "buffer/redispatched"),
-           s_val(m, "buffer/teachers_expired"), s_val(m, "buffer/late_answers"));
+    printf(
+        "  final record: groups_in %.0f served_first %.0f drops %.0f held %.0f redispatched %.0f "
+        "teachers_expired %.0f late %.0f\n",
+        s_val(m, "buffer/groups_in"), s_val(m, "buffer/served_first"), s_val(m, "buffer/drops"),
+        s_val(m, "buffer/held_unserved"), s_val(m, "buffer/redispatched"),
+        s_val(m, "buffer/teachers_expired"), s_val(m, "buffer/late_answers"));
     AP_CHECK(s_val(m, "buffer/groups_in") == 240 && s_val(m, "buffer/served_first") == 240 &&
                  s_val(m, "buffer/drops") == 0,
              "the buffer's books");
@@ -264,7 +265,8 @@ int main(void) {
            once ? "yes" : "NO");
     AP_CHECK(done && once, "after the buffer restart");
     m = NULL; /* records come every second: wait for one that shows both teachers */
-    for (double t = ap_now(); ap_now() - t < 5 && s_val(m, "buffer/peers/teachers_external") != 2;) {
+    for (double t = ap_now();
+         ap_now() - t < 5 && s_val(m, "buffer/peers/teachers_external") != 2;) {
         json_decref(m);
         fk_pump(NULL, all, 2, 0.2, NULL, NULL);
         m = s_last_metrics("buffer-0", "buffer/peers/teachers_external");

@@ -54,9 +54,9 @@ static ap_group_t *s_group(ap_rng_t *r, uint64_t id) {
 }
 
 typedef struct {
-    double sampled, lp;  /* largest absolute errors */
-    int id_mismatch;     /* top-K ids that differ where the logits are not tied */
-    int present_bad;     /* present flags or zeroed positions wrong */
+    double sampled, lp; /* largest absolute errors */
+    int id_mismatch;    /* top-K ids that differ where the logits are not tied */
+    int present_bad;    /* present flags or zeroed positions wrong */
 } s_err_t;
 
 static const float *s_sort_z;
@@ -74,7 +74,8 @@ static s_err_t s_compare(ap_model_t *m, const ap_group_t *g, const ap_teacher_pa
     int max_pos = ap_model_config(m)->max_positions;
     for (int i = 0; i < g->G; i++) {
         int L = g->offset[i + 1] - g->offset[i];
-        const int32_t *pre = p->kind == AP_TEACHER_SELF ? g->ctx_tokens + g->ctx_offset[i] : g->prompt;
+        const int32_t *pre =
+            p->kind == AP_TEACHER_SELF ? g->ctx_tokens + g->ctx_offset[i] : g->prompt;
         int P = p->kind == AP_TEACHER_SELF ? g->ctx_offset[i + 1] - g->ctx_offset[i] : g->n_prompt;
         int want_present = P > 0 && P + L - 1 <= max_pos;
         if (s->present[i] != want_present) e.present_bad++;
@@ -129,7 +130,8 @@ static s_err_t s_compare(ap_model_t *m, const ap_group_t *g, const ap_teacher_pa
     return e;
 }
 
-static void s_report(const char *name, s_err_t e, const ap_scores_t *s, const ap_teacher_params_t *p) {
+static void s_report(const char *name, s_err_t e, const ap_scores_t *s,
+                     const ap_teacher_params_t *p) {
     /* two float32 forwards of the same rows (batched vs alone) differ by ~1e-6 of the logits'
      * scale; a log-prob at temperature tau moves by at most 2 dz / tau */
     double tol = 1e-5 * (1 + s_zmax) / fmin(1.0, fmin(p->temperature, p->sampled_temperature));
@@ -172,7 +174,8 @@ static void test_scoring(void) {
         AP_CHECK(s->group_id == 42 && ap_version_cmp(s->version, ver) == 0, "ids/version");
         AP_CHECK(ap_msg_scores_match(s, g) == 0, "%s: %s", cases[c].name, ap_errmsg());
         s_report(cases[c].name, s_compare(m, g, &cases[c].p, s), s, &cases[c].p);
-        if (cases[c].budget == 8) AP_CHECK(st.passes >= 4, "%ld passes with a budget of 8", st.passes);
+        if (cases[c].budget == 8)
+            AP_CHECK(st.passes >= 4, "%ld passes with a budget of 8", st.passes);
         ap_msg_t msg = {.type = AP_MSG_SCORES, .u.scores = s};
         AP_CHECK(ap_msg_validate(&msg, NULL) == 0, "%s: not valid on the wire: %s", cases[c].name,
                  ap_errmsg());
@@ -205,7 +208,8 @@ static void test_scoring(void) {
     ap_scores_t *s = NULL;
     AP_CHECK(ap_teacher_score_many(small, 1, one, pe, ver, 4096, &s, &st2) == 0, "%s", ap_errmsg());
     if (s) {
-        s_report("max_positions 16 (one too long)", s_compare(small, g, &cases[0].p, s), s, &cases[0].p);
+        s_report("max_positions 16 (one too long)", s_compare(small, g, &cases[0].p, s), s,
+                 &cases[0].p);
         AP_CHECK(st2.too_long == 1 && s->present[3] == 0, "too long: %ld", st2.too_long);
         ap_scores_destroy(&s);
     }

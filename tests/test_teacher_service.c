@@ -101,8 +101,12 @@ static void fb_send(fb_t *f, const ap_msg_t *m) {
 static void fb_request(fb_t *f, uint64_t id, const ap_group_t *g, ap_teacher_kind_t kind, int K,
                        int full, float tau) {
     ap_msg_t m = {.type = AP_MSG_SCORE_REQUEST,
-                  .u.score_request = {.request_id = id, .kind = kind, .top_k = K, .full = full,
-                                      .temperature = tau, .group = (ap_group_t *)g}};
+                  .u.score_request = {.request_id = id,
+                                      .kind = kind,
+                                      .top_k = K,
+                                      .full = full,
+                                      .temperature = tau,
+                                      .group = (ap_group_t *)g}};
     fb_send(f, &m);
 }
 
@@ -165,13 +169,21 @@ static void test_external(ap_net_t *net, struct ev_loop *loop) {
     ap_msg_limits_t lim;
     ap_msg_limits_default(&lim);
     lim.vocab_size = V;
-    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER, .endpoint = cfg->endpoints.buffer_teachers,
-                         .bind = 1, .max_msg = 64u << 20, .limits = &lim, .name = "fake-buffer"};
+    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER,
+                         .endpoint = cfg->endpoints.buffer_teachers,
+                         .bind = 1,
+                         .max_msg = 64u << 20,
+                         .limits = &lim,
+                         .name = "fake-buffer"};
     fb_t f = {.s = ap_sock_new(net, &so)};
     AP_ASSERTF(f.s, "%s", ap_errmsg());
     ap_model_t *m = s_model(3);
-    ap_teacher_opts_t o = {.cfg = cfg, .kind = AP_TEACHER_EXTERNAL, .id = 2,
-                           .name = "teacher-external-2", .model = m, .vocab_size = V,
+    ap_teacher_opts_t o = {.cfg = cfg,
+                           .kind = AP_TEACHER_EXTERNAL,
+                           .id = 2,
+                           .name = "teacher-external-2",
+                           .model = m,
+                           .vocab_size = V,
                            .vocab_hash = 0x77};
     ap_teacher_t *t = ap_teacher_new(net, loop, &o);
     AP_ASSERTF(t, "%s", ap_errmsg());
@@ -217,7 +229,8 @@ static void test_external(ap_net_t *net, struct ev_loop *loop) {
     fb_request(&f, 2000, gs[0], AP_TEACHER_SELF, 5, 0, 1.0f);
     s_pump(loop, &f, 0.1, NULL, NULL);
     ap_teacher_stats(t, &st);
-    AP_CHECK(st.wrong_kind == 1 && f.n_scores == 7, "wrong kind: %llu", (unsigned long long)st.wrong_kind);
+    AP_CHECK(st.wrong_kind == 1 && f.n_scores == 7, "wrong kind: %llu",
+             (unsigned long long)st.wrong_kind);
     /* RESET: HELLO again */
     ap_msg_t reset = {.type = AP_MSG_RESET};
     snprintf(reset.u.bye.reason, sizeof reset.u.bye.reason, "unknown peer: HELLO again");
@@ -259,17 +272,25 @@ static int s_has_version(void *arg) {
 static void test_follow(ap_net_t *net, struct ev_loop *loop) {
     printf("self-teacher following the learner's weights (current)\n");
     ap_config_t *cfg = s_cfg("follow");
-    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER, .endpoint = cfg->endpoints.buffer_teachers,
-                         .bind = 1, .max_msg = 64u << 20, .name = "fake-buffer"};
+    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER,
+                         .endpoint = cfg->endpoints.buffer_teachers,
+                         .bind = 1,
+                         .max_msg = 64u << 20,
+                         .name = "fake-buffer"};
     fb_t f = {.s = ap_sock_new(net, &so)};
     AP_ASSERTF(f.s, "%s", ap_errmsg());
     ap_wserver_opts_t wo = {.endpoint = cfg->endpoints.weights,
-                            .pub_endpoint = cfg->endpoints.weights_pub, .chunk_bytes = 4096};
+                            .pub_endpoint = cfg->endpoints.weights_pub,
+                            .chunk_bytes = 4096};
     ap_wserver_t *ws = ap_wserver_new(net, loop, &wo);
     AP_ASSERTF(ws, "%s", ap_errmsg());
     ap_model_t *m = s_model(3), *mb = s_model(4), *mc = s_model(5);
-    ap_teacher_opts_t o = {.cfg = cfg, .kind = AP_TEACHER_SELF, .name = "teacher-self-0",
-                           .model = m, .vocab_size = V, .follow_weights = 1};
+    ap_teacher_opts_t o = {.cfg = cfg,
+                           .kind = AP_TEACHER_SELF,
+                           .name = "teacher-self-0",
+                           .model = m,
+                           .vocab_size = V,
+                           .follow_weights = 1};
     ap_teacher_t *t = ap_teacher_new(net, loop, &o);
     AP_ASSERTF(t, "%s", ap_errmsg());
     s_pump(loop, &f, 0.3, NULL, NULL);
@@ -308,7 +329,8 @@ static void test_follow(ap_net_t *net, struct ev_loop *loop) {
     for (int i = 0; i < g->G && f.n_scores > 1; i++)
         absent_ok &= f.scores[1]->present[i] == ap_group_has_ctx(g, i);
     printf("  version 1:3: stamped %d, difference %.2e; version 1:4: stamped %d, difference %.2e; "
-           "h = 0 absent %d\n", v1, d1, v2, d2, absent_ok);
+           "h = 0 absent %d\n",
+           v1, d1, v2, d2, absent_ok);
     AP_CHECK(v1 && v2 && d1 < 1e-5 && d2 < 1e-5 && absent_ok, "weights following");
     ap_teacher_destroy(&t);
     ap_group_destroy(&g);
@@ -323,12 +345,19 @@ static void test_follow(ap_net_t *net, struct ev_loop *loop) {
 static void test_simulate(ap_net_t *net, struct ev_loop *loop) {
     printf("simulated teacher with a 100 ms delay\n");
     ap_config_t *cfg = s_cfg("sim");
-    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER, .endpoint = cfg->endpoints.buffer_teachers,
-                         .bind = 1, .max_msg = 64u << 20, .name = "fake-buffer"};
+    ap_sock_opts_t so = {.type = AP_SOCK_ROUTER,
+                         .endpoint = cfg->endpoints.buffer_teachers,
+                         .bind = 1,
+                         .max_msg = 64u << 20,
+                         .name = "fake-buffer"};
     fb_t f = {.s = ap_sock_new(net, &so)};
     AP_ASSERTF(f.s, "%s", ap_errmsg());
-    ap_teacher_opts_t o = {.cfg = cfg, .kind = AP_TEACHER_REFERENCE, .name = "teacher-reference-0",
-                           .simulate = 1, .simulate_delay_s = 0.1, .vocab_size = 32000};
+    ap_teacher_opts_t o = {.cfg = cfg,
+                           .kind = AP_TEACHER_REFERENCE,
+                           .name = "teacher-reference-0",
+                           .simulate = 1,
+                           .simulate_delay_s = 0.1,
+                           .vocab_size = 32000};
     ap_teacher_t *t = ap_teacher_new(net, loop, &o);
     s_until_t u = {.f = &f, .want_hellos = 1};
     AP_CHECK(s_pump(loop, &f, 2.0, s_cond, &u), "no HELLO");

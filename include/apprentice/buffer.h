@@ -76,22 +76,22 @@ typedef enum {
 } ap_buffer_bad_t;
 
 const char *ap_buffer_drop_name(ap_buffer_drop_t r); /* "stale", "old_generation", ... */
-const char *ap_buffer_bad_name(ap_buffer_bad_t r);    /* "unknown_peer", ... */
+const char *ap_buffer_bad_name(ap_buffer_bad_t r);   /* "unknown_peer", ... */
 
 typedef struct {
     /* groups */
-    uint64_t groups_in;                            /* taken from actors (on-policy + dataset) */
-    uint64_t groups_in_source[AP_SOURCE_COUNT];    /* of which, by source */
-    uint64_t drops[AP_BUFFER_DROP_REASON_COUNT];   /* dropped unserved, by reason */
-    uint64_t drops_total;                          /* sum of drops */
-    uint64_t served_first;                         /* groups served at least once */
-    uint64_t serves;                               /* group serves, replays included */
-    uint64_t reuses;                               /* serves beyond a group's first */
-    uint64_t retired;                              /* served groups no longer held */
-    int pending[AP_SOURCE_COUNT];                  /* groups waiting for scores */
-    int ready[AP_SOURCE_COUNT];                    /* scored groups held (served ones included) */
-    int held_unserved;                             /* pending + ready never served */
-    uint64_t over_credit;                          /* groups sent without credit (still taken) */
+    uint64_t groups_in;                          /* taken from actors (on-policy + dataset) */
+    uint64_t groups_in_source[AP_SOURCE_COUNT];  /* of which, by source */
+    uint64_t drops[AP_BUFFER_DROP_REASON_COUNT]; /* dropped unserved, by reason */
+    uint64_t drops_total;                        /* sum of drops */
+    uint64_t served_first;                       /* groups served at least once */
+    uint64_t serves;                             /* group serves, replays included */
+    uint64_t reuses;                             /* serves beyond a group's first */
+    uint64_t retired;                            /* served groups no longer held */
+    int pending[AP_SOURCE_COUNT];                /* groups waiting for scores */
+    int ready[AP_SOURCE_COUNT];                  /* scored groups held (served ones included) */
+    int held_unserved;                           /* pending + ready never served */
+    uint64_t over_credit;                        /* groups sent without credit (still taken) */
     /* learner */
     uint64_t batch_requests;   /* BATCH_REQUESTs accepted */
     uint64_t batches;          /* batches sent */
@@ -101,36 +101,36 @@ typedef struct {
     int batch_waiting;         /* batch requests not yet answered */
     double batch_wait_ms_mean; /* mean time from BATCH_REQUEST to its last part sent */
     /* teachers */
-    uint64_t score_requests; /* SCORE_REQUESTs sent, re-dispatches included */
-    uint64_t redispatched;   /* dispatches with attempt > 0 */
-    uint64_t timeouts;       /* deadlines passed */
-    uint64_t answers;        /* first usable answers (scores kept) */
-    uint64_t late_answers;   /* answers to a request already answered or dropped */
+    uint64_t score_requests;   /* SCORE_REQUESTs sent, re-dispatches included */
+    uint64_t redispatched;     /* dispatches with attempt > 0 */
+    uint64_t timeouts;         /* deadlines passed */
+    uint64_t answers;          /* first usable answers (scores kept) */
+    uint64_t late_answers;     /* answers to a request already answered or dropped */
     uint64_t teachers_expired; /* teachers declared dead (silence, unroutable) */
     /* peers */
-    int actors;                    /* actors registered and alive */
+    int actors;                     /* actors registered and alive */
     int teachers[AP_TEACHER_COUNT]; /* teachers alive, by kind */
-    int learners;                  /* learner peers alive (1 normally) */
+    int learners;                   /* learner peers alive (1 normally) */
     /* input */
     uint64_t bad[AP_BUFFER_BAD_REASON_COUNT]; /* semantic errors, by reason */
     uint64_t rejected;                        /* malformed messages (codec), all sockets */
     uint64_t rejected_by_reason[AP_REJECT_REASON_COUNT];
-    ap_version_t learner_version;             /* newest learner version seen */
-    unsigned kinds;                           /* teacher kinds this run needs (1u << kind) */
+    ap_version_t learner_version; /* newest learner version seen */
+    unsigned kinds;               /* teacher kinds this run needs (1u << kind) */
 } ap_buffer_stats_t;
 
 typedef struct {
-    const ap_config_t *cfg;  /* borrowed (outlives the buffer): buffer.*, batch.*, sampling,
-                                objective (teacher kinds), teacher, endpoints, run.sync */
-    int vocab_size;          /* V: token ids are checked against it; 0 = unchecked */
-    uint64_t vocab_hash;     /* the student's vocabulary; a peer announcing another is refused
-                                (0 = unchecked) */
-    ap_metrics_t *metrics;   /* borrowed; NULL: no metrics records */
-    double report_interval;  /* seconds between metrics records (0: 1 s) */
-    const char *actors_endpoint;   /* overrides of cfg->endpoints.* (tests); NULL: the config */
+    const ap_config_t *cfg;      /* borrowed (outlives the buffer): buffer.*, batch.*, sampling,
+                                    objective (teacher kinds), teacher, endpoints, run.sync */
+    int vocab_size;              /* V: token ids are checked against it; 0 = unchecked */
+    uint64_t vocab_hash;         /* the student's vocabulary; a peer announcing another is refused
+                                    (0 = unchecked) */
+    ap_metrics_t *metrics;       /* borrowed; NULL: no metrics records */
+    double report_interval;      /* seconds between metrics records (0: 1 s) */
+    const char *actors_endpoint; /* overrides of cfg->endpoints.* (tests); NULL: the config */
     const char *teachers_endpoint;
     const char *learner_endpoint;
-    uint64_t seed;           /* uniform replay order's random stream */
+    uint64_t seed; /* uniform replay order's random stream */
 } ap_buffer_opts_t;
 
 typedef struct ap_buffer ap_buffer_t;
@@ -155,8 +155,7 @@ const char *ap_buffer_endpoint(const ap_buffer_t *b, int which);
 int ap_buffer_allow_keys(ap_net_t *net, const char *keys_dir);
 /* CURVE for any process of a run: load this process's pair keys_dir/NAME.key (falling back to
  * keys_dir/ROLE.key, e.g. "teacher-external-0" then "teacher") into o (o->curve = 1). 0 / -1. */
-int ap_buffer_load_keys(const char *keys_dir, const char *name, const char *role,
-                        ap_net_opts_t *o);
+int ap_buffer_load_keys(const char *keys_dir, const char *name, const char *role, ap_net_opts_t *o);
 /* Tune glibc malloc for a process that allocates and frees large messages continuously (keep
  * freed memory in the heap instead of mapping and unmapping it). `apprentice buffer` calls it. */
 void ap_buffer_tune_malloc(void);

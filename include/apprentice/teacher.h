@@ -111,37 +111,37 @@ int ap_teacher_check_vocab(const char *teacher_dir, const char *student_dir, int
 /* ---------------------------------------------------------------- the service */
 
 typedef struct {
-    const ap_config_t *cfg;     /* borrowed: endpoints, buffer.*, teacher.*, sampling */
-    ap_teacher_kind_t kind;     /* the kind served */
-    int id;                     /* worker index within the kind */
-    const char *name;           /* "teacher-external-0": HELLO name and logs */
-    ap_model_t *model;          /* borrowed (outlives the teacher); NULL with simulate */
-    ap_version_t version;       /* version of `model`'s weights ({0,0}: a frozen checkpoint) */
-    int simulate;               /* 1: random valid scores, no model (benchmarks, tests) */
-    double simulate_delay_s;    /* simulate: answer each request this long after it arrived */
-    int vocab_size;             /* V of the student's vocabulary (HELLO; simulate's V) */
-    uint64_t vocab_hash;        /* hash of the student's vocabulary (HELLO; 0 = unchecked) */
-    int follow_weights;         /* self `current`: pull every new version from the learner and
-                                   serve only once the first one arrived */
-    const char *endpoint;       /* the buffer's teacher ROUTER; NULL: endpoints.buffer_teachers */
-    const char *buffer_key;     /* CURVE: the buffer's public key (Z85); NULL without CURVE */
-    const char *learner_key;    /* CURVE: the learner's public key, for follow_weights */
-    ap_metrics_t *metrics;      /* borrowed; NULL: no metrics records */
-    double report_interval;     /* seconds between metrics records (0: 1 s) */
-    uint64_t seed;              /* simulate's random stream */
+    const ap_config_t *cfg;  /* borrowed: endpoints, buffer.*, teacher.*, sampling */
+    ap_teacher_kind_t kind;  /* the kind served */
+    int id;                  /* worker index within the kind */
+    const char *name;        /* "teacher-external-0": HELLO name and logs */
+    ap_model_t *model;       /* borrowed (outlives the teacher); NULL with simulate */
+    ap_version_t version;    /* version of `model`'s weights ({0,0}: a frozen checkpoint) */
+    int simulate;            /* 1: random valid scores, no model (benchmarks, tests) */
+    double simulate_delay_s; /* simulate: answer each request this long after it arrived */
+    int vocab_size;          /* V of the student's vocabulary (HELLO; simulate's V) */
+    uint64_t vocab_hash;     /* hash of the student's vocabulary (HELLO; 0 = unchecked) */
+    int follow_weights;      /* self `current`: pull every new version from the learner and
+                                serve only once the first one arrived */
+    const char *endpoint;    /* the buffer's teacher ROUTER; NULL: endpoints.buffer_teachers */
+    const char *buffer_key;  /* CURVE: the buffer's public key (Z85); NULL without CURVE */
+    const char *learner_key; /* CURVE: the learner's public key, for follow_weights */
+    ap_metrics_t *metrics;   /* borrowed; NULL: no metrics records */
+    double report_interval;  /* seconds between metrics records (0: 1 s) */
+    uint64_t seed;           /* simulate's random stream */
 } ap_teacher_opts_t;
 
 typedef struct {
-    uint64_t requests;        /* score requests received */
-    uint64_t answered;        /* SCORES sent */
-    uint64_t dropped;         /* held requests dropped on RESET / buffer silence / overflow */
-    uint64_t wrong_kind;      /* requests for another kind (dropped, counted) */
-    uint64_t hellos;          /* HELLOs sent (1 + re-registrations) */
-    uint64_t tokens;          /* completion positions scored */
-    uint64_t versions;        /* weight versions swapped in (follow_weights) */
-    int held;                 /* requests waiting to be scored now */
-    ap_version_t version;     /* weights version in use */
-    int fatal;                /* 1: refused by the buffer (vocabulary): the process should exit */
+    uint64_t requests;    /* score requests received */
+    uint64_t answered;    /* SCORES sent */
+    uint64_t dropped;     /* held requests dropped on RESET / buffer silence / overflow */
+    uint64_t wrong_kind;  /* requests for another kind (dropped, counted) */
+    uint64_t hellos;      /* HELLOs sent (1 + re-registrations) */
+    uint64_t tokens;      /* completion positions scored */
+    uint64_t versions;    /* weight versions swapped in (follow_weights) */
+    int held;             /* requests waiting to be scored now */
+    ap_version_t version; /* weights version in use */
+    int fatal;            /* 1: refused by the buffer (vocabulary): the process should exit */
 } ap_teacher_stats_t;
 
 typedef struct ap_teacher ap_teacher_t;
