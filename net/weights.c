@@ -123,6 +123,18 @@ void ap_weights_destroy(ap_weights_t **wp) {
 
 /* ---------------------------------------------------------------- server */
 
+/* The count of live snapshots, shared by the server and its snapshots: a chunk ZeroMQ releases
+ * on its I/O thread after the server is gone must not touch the server's memory, so the counter
+ * has its own reference count (1 for the server + 1 per live snapshot). */
+typedef struct {
+    atomic_int live; /* snapshots not yet freed */
+    atomic_int refs; /* holders of this struct */
+} s_live_t;
+
+static void s_live_release(s_live_t *l) {
+    if (atomic_fetch_sub(&l->refs, 1) == 1) free(l);
+}
+
 typedef struct {
     ap_version_t version;
     uint8_t *blob;
@@ -130,7 +142,7 @@ typedef struct {
     uint8_t digest[AP_DIGEST_BYTES];
     uint32_t chunk_bytes, n_chunks;
     atomic_int refs;  /* 1 while kept + 1 per chunk in flight (released on an I/O thread) */
-    atomic_int *live; /* the server's live-snapshot counter */
+    s_live_t *live;   /* the server's live-snapshot counter (a reference is held) */
 } s_snap_t;
 
 struct ap_wserver {
@@ -141,14 +153,15 @@ struct ap_wserver {
     int keep;
     s_snap_t **snaps; /* [n_snaps] kept, oldest first */
     int n_snaps;
-    atomic_int live;
+    s_live_t *live;   /* shared with the snapshots */
     ap_wserver_stats_t stats;
     int64_t corrupt; /* chunk index to corrupt once, -1 none */
 };
 
 static void s_unref(s_snap_t *s) {
     if (atomic_fetch_sub(&s->refs, 1) == 1) {
-        atomic_fetch_sub(s->live, 1);
+        atomic_fetch_sub(&s->live->live, 1);
+        s_live_release(s->live);
         free(s->blob);
         free(s);
     }
@@ -252,6 +265,9 @@ ap_wserver_t *ap_wserver_new(ap_net_t *net, struct ev_loop *loop, const ap_wserv
         o->chunk_bytes ? o->chunk_bytes : 1u << 20; /* bench weights: see PERFORMANCE.md */
     w->keep = o->keep > 0 ? o->keep : 2;
     w->corrupt = -1;
+    w->live = ap_calloc(1, sizeof *w->live);
+    atomic_init(&w->live->live, 0);
+    atomic_init(&w->live->refs, 1);
     ap_msg_limits_t lim;
     ap_msg_limits_default(&lim);
     lim.accept = 1u << AP_MSG_WEIGHTS_REQUEST;
@@ -287,6 +303,7 @@ ap_wserver_t *ap_wserver_new(ap_net_t *net, struct ev_loop *loop, const ap_wserv
     return w;
 fail:
     ap_sock_destroy(&w->router);
+    s_live_release(w->live);
     free(w);
     return NULL;
 }
@@ -300,9 +317,10 @@ void ap_wserver_destroy(ap_wserver_t **wp) {
     for (int i = 0; i < w->n_snaps; i++)
         s_unref(w->snaps[i]);
     free(w->snaps);
-    if (atomic_load(&w->live))
+    if (atomic_load(&w->live->live))
         ap_log(AP_LOG_DEBUG, "weights: %d snapshots still referenced by ZeroMQ at destroy",
-               atomic_load(&w->live));
+               atomic_load(&w->live->live));
+    s_live_release(w->live); /* the last in-flight chunk frees it if any remain */
     free(w);
     *wp = NULL;
 }
@@ -324,8 +342,9 @@ int ap_wserver_publish(ap_wserver_t *w, ap_version_t v, const ap_model_config_t 
     s->chunk_bytes = w->chunk_bytes;
     s->n_chunks = (uint32_t)((s->size + w->chunk_bytes - 1) / w->chunk_bytes);
     atomic_init(&s->refs, 1);
-    s->live = &w->live;
-    atomic_fetch_add(&w->live, 1);
+    s->live = w->live;
+    atomic_fetch_add(&w->live->refs, 1);
+    atomic_fetch_add(&w->live->live, 1);
     w->snaps = ap_realloc(w->snaps, (size_t)(w->n_snaps + 1) * sizeof *w->snaps);
     w->snaps[w->n_snaps++] = s;
     while (w->n_snaps > w->keep) { /* evict the oldest; in-flight chunks keep it alive */
@@ -345,7 +364,7 @@ ap_version_t ap_wserver_latest(const ap_wserver_t *w) {
 
 void ap_wserver_stats(const ap_wserver_t *w, ap_wserver_stats_t *out) {
     *out = w->stats;
-    out->live_snapshots = atomic_load(&((ap_wserver_t *)w)->live);
+    out->live_snapshots = atomic_load(&w->live->live);
 }
 
 const char *ap_wserver_endpoint(const ap_wserver_t *w) {

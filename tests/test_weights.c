@@ -225,6 +225,33 @@ int main(void) {
         free(b);
     }
 
+    /* 7. the server goes away while zero-copy chunks are in flight: over inproc:// ZeroMQ
+     *    releases them after the server's memory is gone. A regression is a use-after-free that
+     *    the sanitizer run of scripts/test.sh reports (the learner hit it at exit). */
+    {
+        ap_wserver_opts_t io = {.endpoint = "inproc://weights-teardown", .chunk_bytes = 1u << 20,
+                                .keep = 1};
+        ap_wserver_t *s2 = ap_wserver_new(net, loop, &io);
+        AP_ASSERTF(s2, "%s", ap_errmsg());
+        ap_wclient_opts_t ico = {.endpoint = "inproc://weights-teardown", .window = 16,
+                                 .poll_interval = 0.05};
+        ap_wclient_t *c2 = ap_wclient_new(net, loop, &ico);
+        AP_ASSERTF(c2, "%s", ap_errmsg());
+        AP_CHECK(ap_wserver_publish(s2, (ap_version_t){1, 1}, &cfg, 0, p1, bytes) == 0, "%s",
+                 ap_errmsg());
+        ap_wserver_stats_t st2 = {0};
+        for (double t1 = ap_now(); ap_now() - t1 < 10 && st2.chunks < 4; ap_sleep(0.001)) {
+            ev_run(loop, EVRUN_NOWAIT);
+            ap_wserver_stats(s2, &st2);
+        }
+        AP_CHECK(st2.chunks >= 4, "no chunk left the server (%llu)", (unsigned long long)st2.chunks);
+        ap_wserver_destroy(&s2); /* chunks queued to c2 still reference the snapshot */
+        for (double t1 = ap_now(); ap_now() - t1 < 0.5; ap_sleep(0.001)) ev_run(loop, EVRUN_NOWAIT);
+        ap_wclient_destroy(&c2);
+        printf("teardown with %llu chunks sent: server destroyed mid-transfer, no fault\n",
+               (unsigned long long)st2.chunks);
+    }
+
     ap_wclient_destroy(&late);
     ap_wclient_destroy(&c);
     ap_wserver_destroy(&srv);
