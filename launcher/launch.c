@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <ev.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -223,6 +224,74 @@ static int s_connect_endpoints(ap_config_t *c, const char *host) {
     return 0;
 }
 
+/* The run finished: evaluate its final checkpoint (the evaluator actor may not have pulled the
+ * last version before the learner exited) with `apprentice eval` on the evaluator's prompts,
+ * and record it as the evaluator would: role "eval", step = the final learner step. */
+static void s_final_eval(s_launch_t *L) {
+    char *ckpt = ap_rundir_latest(L->dir);
+    if (!ckpt) return;
+    const char *base = strrchr(ckpt, '/');
+    long step = -1;
+    if (!base || sscanf(base, "/step-%ld", &step) != 1 ||
+        ap_gather_progress(L->gather)->accuracy_version == step) {
+        free(ckpt);
+        return;
+    }
+    char *cfg = ap_sprintf("%s/config.yaml", L->dir), *log = ap_sprintf("%s/logs/eval-final.log", L->dir);
+    char limit[32], threads[48];
+    snprintf(limit, sizeof limit, "%d", L->cfg->actors.eval_size);
+    snprintf(threads, sizeof threads, "OPENBLAS_NUM_THREADS=%d", L->cfg->model.blas_threads);
+    int fds[2];
+    if (pipe(fds) < 0) goto out;
+    fprintf(stderr, "apprentice launch: final evaluation of %s\n", ckpt);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]), close(fds[1]);
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        putenv(threads);
+        execl(L->self_exe, L->self_exe, "eval", "--model", ckpt, "--config", cfg, "--limit", limit,
+              (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char buf[8192];
+    size_t n = 0;
+    ssize_t got;
+    while (pid > 0 && n + 1 < sizeof buf && (got = read(fds[0], buf + n, sizeof buf - 1 - n)) > 0)
+        n += (size_t)got;
+    buf[n] = 0;
+    close(fds[0]);
+    int status = 0;
+    if (pid > 0) waitpid(pid, &status, 0);
+    json_t *res = json_loads(buf, 0, NULL);
+    json_t *acc = json_object_get(res, "accuracy");
+    if (pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 && json_is_number(acc)) {
+        char *mpath = ap_sprintf("%s/metrics/eval-final.jsonl", L->dir);
+        ap_metrics_t *m = ap_metrics_open(mpath, "eval", 0);
+        free(mpath);
+        if (m) {
+            ap_metrics_begin(m, step);
+            ap_metrics_add(m, "eval/accuracy", json_number_value(acc));
+            json_t *pk = json_object_get(res, "pass_at_k");
+            if (json_is_number(pk)) ap_metrics_add(m, "eval/pass_at_k", json_number_value(pk));
+            json_t *nn = json_object_get(res, "n");
+            if (json_is_number(nn)) ap_metrics_add(m, "eval/n", json_number_value(nn));
+            ap_metrics_add(m, "eval/final", 1);
+            ap_metrics_end(m);
+            ap_metrics_close(&m);
+        }
+    } else {
+        ap_log(AP_LOG_WARN, "final evaluation failed (see %s)", log);
+    }
+    if (res) json_decref(res);
+out:
+    free(cfg);
+    free(log);
+    free(ckpt);
+}
+
 static void s_usage(FILE *out) {
     fprintf(out,
             "usage: apprentice launch CONFIG.yaml [options]\n"
@@ -358,6 +427,8 @@ int ap_cmd_launch(int argc, char **argv) {
         s_stop(&L, "a role could not be started");
     }
     ev_run(loop, 0);
+    ap_gather_poll(L.gather);
+    if (L.finished && !L.failed && cfg->actors.eval && L.has_learner) s_final_eval(&L);
     s_event(&L, L.failed ? "failed" : L.finished ? "finished" : "stopped");
     ap_gather_poll(L.gather); /* the last records of every process, this event included */
     s_print_progress(&L, 1);
