@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <zmq.h>
 
 #include "apprentice/base.h"
 #include "apprentice/buffer.h"
@@ -101,9 +102,14 @@ static void *s_buffer_main(void *arg) {
 
 typedef struct s_run s_run_t;
 
+/* A simulated actor: a DEALER driven by one ev_io on its ZMQ_FD (not ap_sock_watch, whose
+ * per-socket prepare/check watchers cost O(sockets) per loop turn: 256 actors in one thread
+ * would measure the harness, not the buffer). The socket is drained whenever its fd wakes the
+ * loop and after every send from it (a send may consume the edge). */
 typedef struct {
     s_run_t *run;
     ap_sock_t *s;
+    ev_io io;
     int id, credit;
     uint64_t seq;
 } s_actor_t;
@@ -139,15 +145,28 @@ static void s_actor_send(s_actor_t *a) {
     }
 }
 
-static void s_on_actor_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *m, void *data) {
-    (void)s, (void)from;
-    s_actor_t *a = data;
-    if (m->type == AP_MSG_CREDIT) {
-        a->credit += (int)m->u.credit.grant;
-        s_actor_send(a);
-    } else if (m->type == AP_MSG_RESET) {
-        ap_log(AP_LOG_WARN, "bench: actor %d got RESET (%s)", a->id, m->u.bye.reason);
+static void s_actor_drain(s_actor_t *a) {
+    void *z = ap_sock_zmq(a->s);
+    for (;;) {
+        int ev = 0;
+        size_t n = sizeof ev;
+        if (zmq_getsockopt(z, ZMQ_EVENTS, &ev, &n) != 0 || !(ev & ZMQ_POLLIN)) return;
+        ap_peer_t from;
+        ap_msg_t m;
+        if (ap_sock_recv(a->s, &from, &m) <= 0) continue;
+        if (m.type == AP_MSG_CREDIT) {
+            a->credit += (int)m.u.credit.grant;
+            s_actor_send(a);
+        } else if (m.type == AP_MSG_RESET) {
+            ap_log(AP_LOG_WARN, "bench: actor %d got RESET (%s)", a->id, m.u.bye.reason);
+        }
+        ap_msg_clear(&m);
     }
+}
+
+static void s_on_actor_io(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop, (void)revents;
+    s_actor_drain(w->data);
 }
 
 static void s_request(s_run_t *r) {
@@ -183,8 +202,10 @@ static void s_on_hb(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)loop, (void)revents;
     s_run_t *r = w->data;
     ap_msg_t m = {.type = AP_MSG_HEARTBEAT, .u.heartbeat = {.time = ap_wall()}};
-    for (int i = 0; i < r->o.actors; i++)
+    for (int i = 0; i < r->o.actors; i++) {
         ap_sock_send(r->actors[i].s, NULL, &m);
+        s_actor_drain(&r->actors[i]);
+    }
     ap_sock_send(r->learner, NULL, &m);
 }
 
@@ -264,8 +285,14 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
                              .name = "bench/actor"};
         r.actors[i] = (s_actor_t){.run = &r, .id = i, .s = ap_sock_new(net, &so)};
         AP_ASSERTF(r.actors[i].s, "%s", ap_errmsg());
-        ap_sock_watch(r.actors[i].s, r.loop, s_on_actor_msg, &r.actors[i]);
+        int fd;
+        size_t fdlen = sizeof fd;
+        AP_ASSERT(zmq_getsockopt(ap_sock_zmq(r.actors[i].s), ZMQ_FD, &fd, &fdlen) == 0);
+        ev_io_init(&r.actors[i].io, s_on_actor_io, fd, EV_READ);
+        r.actors[i].io.data = &r.actors[i];
+        ev_io_start(r.loop, &r.actors[i].io);
         s_hello(r.actors[i].s, AP_ROLE_ACTOR, i, name);
+        s_actor_drain(&r.actors[i]);
     }
     r.teachers = ap_calloc((size_t)o->teachers, sizeof *r.teachers);
     for (int i = 0; i < o->teachers; i++) {
@@ -311,8 +338,10 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
 
     /* warm-up, then the measured window */
     r.sending = 1, r.requesting = 1;
-    for (int i = 0; i < o->actors; i++)
+    for (int i = 0; i < o->actors; i++) {
         s_actor_send(&r.actors[i]);
+        s_actor_drain(&r.actors[i]);
+    }
     s_request(&r);
     s_spin(&r, o->warmup, NULL);
     uint64_t g0 = r.groups_rx;
@@ -409,8 +438,10 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
 
     for (int i = 0; i < o->teachers; i++)
         ap_teacher_destroy(&r.teachers[i]);
-    for (int i = 0; i < o->actors; i++)
+    for (int i = 0; i < o->actors; i++) {
+        ev_io_stop(r.loop, &r.actors[i].io);
         ap_sock_destroy(&r.actors[i].s);
+    }
     ap_sock_destroy(&r.learner);
     ev_timer_stop(r.loop, &r.hb);
     ev_loop_destroy(r.loop);
