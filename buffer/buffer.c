@@ -174,6 +174,7 @@ struct ap_buffer {
     double wait_total_ms;
     ap_buffer_stats_t last; /* counters at the last report (rates) */
     ap_ratelimit_t rl;
+    double last_no_teacher; /* ap_now() of the last "no teacher of a needed kind" warning */
     int stopped;
 };
 
@@ -1235,6 +1236,17 @@ static void s_on_tick(struct ev_loop *loop, ev_timer *w, int revents) {
         }
     }
     s_kick(b, NULL);
+    /* groups waiting for a kind of teacher nobody serves: say so (every 10 s) */
+    for (int k = 0; k < AP_TEACHER_COUNT; k++) {
+        if (!b->qhead[k] || now - b->last_no_teacher < 10) continue;
+        int alive = 0;
+        for (int i = 0; i < T->n; i++)
+            alive += (int)((s_peer_t *)T->p[i])->kind == k;
+        if (alive) continue;
+        b->last_no_teacher = now;
+        ap_log(AP_LOG_WARN, "buffer: groups wait for a %s teacher and none is connected",
+               ap_teacher_kind_name((ap_teacher_kind_t)k));
+    }
     if (b->metrics && now - b->last_report >= b->report_interval) s_report(b, now);
 }
 
