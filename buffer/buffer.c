@@ -647,9 +647,9 @@ static void s_take_group(ap_buffer_t *b, s_peer_t *a, ap_group_t *g, uint64_t se
     a->ack_seq = seq;
     if (a->credit > 0) {
         s_credit_add(b, a, -1);
-        /* the credit comes back when there is room, except an on-policy actor's in sync mode
-         * (there the next batch decides what is granted) */
-        if (!(b->sync && a->src == S_ON)) s_owed_add(b, a, 1);
+        /* the credit comes back when there is room, except in sync mode (there the waiting
+         * batch requests decide what is granted) */
+        if (!b->sync) s_owed_add(b, a, 1);
     } else {
         b->st.over_credit++; /* taken, but earns no credit back */
     }
@@ -702,18 +702,21 @@ static void s_grant(ap_buffer_t *b, s_peer_t *force) {
     for (int src = 0; src < AP_SOURCE_COUNT; src++) {
         int held = b->pending[src].n + b->unserved_ready[src] + b->outstanding[src];
         int want = b->owed_total[src];
-        if (b->sync && src == S_ON) { /* what the waiting batch requests still lack */
-            int n_on = 0;
-            for (int i = 0; i < b->n_breq; i++)
-                n_on += (int)floor(b->lambda * b->breq[i].B / b->G + 1e-9);
-            want = n_on - held;
+        if (b->sync) { /* what the waiting batch requests still lack, in groups of G */
+            int need = 0;
+            for (int i = 0; i < b->n_breq; i++) {
+                int n_on = (int)floor(b->lambda * b->breq[i].B / b->G + 1e-9);
+                int rem = b->breq[i].B - b->G * n_on;
+                need += src == S_ON ? n_on : (rem + b->G - 1) / b->G;
+            }
+            want = need - held;
         }
         give[src] = AP_MIN(b->capacity - held, want);
     }
     if (give[S_ON] <= 0 && give[S_DS] <= 0 && !force) return; /* the common case: nothing */
     int *grant = ap_calloc((size_t)v->n, sizeof *grant);
     for (int src = 0; src < AP_SOURCE_COUNT; src++) {
-        int sync_on = b->sync && src == S_ON;
+        int sync_on = b->sync;
         /* one credit per eligible actor per pass, from a cursor that keeps turning */
         for (int idle = 0; give[src] > 0 && idle < v->n;) {
             int i = b->rr_actor % v->n; /* actors may have left since the cursor moved */
@@ -998,7 +1001,7 @@ static void s_on_hello(ap_buffer_t *b, int sock, const ap_peer_t *from, const ap
     s_vec_push(&b->peers[sock], p);
     if (sock == S_ACT) {
         p->src = !strncmp(h->name, "dataset", 7) ? S_DS : S_ON;
-        if (!(b->sync && p->src == S_ON)) s_owed_add(b, p, b->cfg->buffer.actor_credit);
+        if (!b->sync) s_owed_add(b, p, b->cfg->buffer.actor_credit);
     } else if (sock == S_TEA) {
         p->kind = h->kind;
         p->capacity = h->capacity > 0 ? (int)AP_MIN(h->capacity, S_MAX_CAPACITY)
@@ -1117,7 +1120,7 @@ static void s_on_reject(ap_sock_t *s, const ap_peer_t *from, ap_reject_t why, vo
     p->rejects++;
     if (sock == S_ACT && p->credit > 0) {
         s_credit_add(b, p, -1);
-        if (!(b->sync && p->src == S_ON)) s_owed_add(b, p, 1);
+        if (!b->sync) s_owed_add(b, p, 1);
         s_kick(b, NULL);
     }
 }

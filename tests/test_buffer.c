@@ -692,7 +692,8 @@ static void test_reuse(void) {
 
 static void tweak_sync(ap_config_t *c) {
     c->run.sync = true;
-    c->batch.size = 8;
+    c->batch.size = 12;
+    c->batch.on_policy_fraction = 0.75; /* B 12: 2 on-policy groups + 4 dataset trajectories */
     c->buffer.actor_credit = 4;
 }
 
@@ -708,23 +709,32 @@ static void test_sync(void) {
     env_open(&e, "sync", tweak_sync);
     fk_t *a0 = fk_new(e.net, e.ep[0], "actor-0", AP_ROLE_ACTOR, HB, NULL);
     fk_t *a1 = fk_new(e.net, e.ep[0], "actor-1", AP_ROLE_ACTOR, HB, NULL);
+    fk_t *ds = fk_new(e.net, e.ep[0], "dataset-0", AP_ROLE_ACTOR, HB, NULL);
     fk_t *t = fk_new(e.net, e.ep[1], "teacher-external-0", AP_ROLE_TEACHER, HB, NULL);
     fk_t *L = fk_new(e.net, e.ep[2], "learner-0", AP_ROLE_LEARNER, HB, NULL);
     fk_hello(a0, 0, 0, 0, V, 0x1234);
     fk_hello(a1, 1, 0, 0, V, 0x1234);
+    fk_hello(ds, 0, 0, 0, V, 0x1234);
     fk_hello(t, 0, AP_TEACHER_EXTERNAL, 4, V, 0x1234);
     fk_hello(L, 0, 0, 0, V, 0x1234);
-    fk_t *all[] = {a0, a1, t, L};
-    fk_pump(e.loop, all, 4, 0.3, NULL, NULL);
-    AP_CHECK(a0->credit_msgs >= 1 && a0->credit == 0 && a1->credit == 0,
-             "before any batch request: credit %d and %d (answers %d)", a0->credit, a1->credit,
-             a0->credit_msgs);
-    fk_request_batch(L, 1, (ap_version_t){1, 3}, 8, 0);
-    fk_pump(e.loop, all, 4, 0.3, NULL, NULL);
-    printf("  after a request for 8 (2 groups) at 1:3: credit %d + %d, latest %u:%llu\n",
-           a0->credit, a1->credit, a0->latest.gen, (unsigned long long)a0->latest.step);
-    AP_CHECK(a0->credit + a1->credit == 2 && a0->latest.step == 3 && a1->latest.step == 3,
-             "sync grant: %d + %d", a0->credit, a1->credit);
+    fk_t *all[] = {a0, a1, t, L, ds};
+    fk_pump(e.loop, all, 5, 0.3, NULL, NULL);
+    AP_CHECK(a0->credit_msgs >= 1 && a0->credit == 0 && a1->credit == 0 && ds->credit == 0,
+             "before any batch request: credit %d, %d, dataset %d (answers %d)", a0->credit,
+             a1->credit, ds->credit, a0->credit_msgs);
+    fk_request_batch(L, 1, (ap_version_t){1, 3}, 12, 0);
+    fk_pump(e.loop, all, 5, 0.3, NULL, NULL);
+    printf("  after a request for 12 (2 on-policy groups + 4 dataset trajectories) at 1:3: credit "
+           "%d + %d, dataset %d, latest %u:%llu\n",
+           a0->credit, a1->credit, ds->credit, a0->latest.gen, (unsigned long long)a0->latest.step);
+    AP_CHECK(a0->credit + a1->credit == 2 && ds->credit == 1 && a0->latest.step == 3 &&
+                 a1->latest.step == 3,
+             "sync grant: %d + %d, dataset %d", a0->credit, a1->credit, ds->credit);
+    ap_rng_t r0;
+    ap_rng_seed(&r0, 9, 9);
+    ap_group_t *dg = fk_group(&r0, 900, 4, 4, V, AP_SOURCE_DATASET, (ap_version_t){0, 0});
+    fk_send_group(ds, dg, 0);
+    ap_group_destroy(&dg);
     ap_rng_t r;
     ap_rng_seed(&r, 8, 8);
     ap_group_t *old = fk_group(&r, 50, 4, 4, V, AP_SOURCE_ON_POLICY, (ap_version_t){1, 2});
@@ -732,24 +742,24 @@ static void test_sync(void) {
     fk_send_group(first, old, 0); /* sampled with 1:2: any older version is stale in sync mode */
     ap_group_destroy(&old);
     s_sync_actors[0] = a0, s_sync_actors[1] = a1;
-    AP_CHECK(fk_pump(e.loop, all, 4, 1.0, cond_credit2, NULL), "replacement credit");
+    AP_CHECK(fk_pump(e.loop, all, 5, 1.0, cond_credit2, NULL), "replacement credit");
     uint64_t id = 60;
     for (int k = 0; k < 2; k++) {
         fk_t *f = a0->credit ? a0 : a1;
         ap_group_t *g = fk_group(&r, id++, 4, 4, V, AP_SOURCE_ON_POLICY, (ap_version_t){1, 3});
         fk_send_group(f, g, 0);
         ap_group_destroy(&g);
-        fk_pump(e.loop, all, 4, 0.1, NULL, NULL);
+        fk_pump(e.loop, all, 5, 0.1, NULL, NULL);
     }
-    AP_CHECK(fk_pump(e.loop, all, 4, 2.0, cond_parts, L), "sync batch served");
+    AP_CHECK(fk_pump(e.loop, all, 5, 2.0, cond_parts, L), "sync batch served");
     ap_buffer_stats_t st = stats(&e);
     printf("  served %llu, stale %llu, credit left %d + %d\n", (unsigned long long)st.served_first,
            (unsigned long long)st.drops[AP_BUFFER_DROP_STALE], a0->credit, a1->credit);
-    AP_CHECK(st.served_first == 2 && st.drops[AP_BUFFER_DROP_STALE] == 1 &&
-                 a0->credit + a1->credit == 0,
+    AP_CHECK(st.served_first == 3 && st.drops[AP_BUFFER_DROP_STALE] == 1 &&
+                 a0->credit + a1->credit == 0 && ds->credit == 0,
              "sync serve");
     check_books(&e, "sync");
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         fk_destroy(&all[i]);
     env_close(&e);
 }

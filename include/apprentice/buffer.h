@@ -21,6 +21,11 @@
  * times while fresh (on-policy: newest first or uniformly at random, buffer.reuse_order;
  * dataset: oldest first, a served group going to the back).
  *
+ * Sync mode (run.sync): no credit is owed or returned; actors (on-policy and dataset) are granted,
+ * round-robin, only the groups the waiting batch requests still lack (floor(λB/G) on-policy,
+ * ceil((B - G floor(λB/G)) / G) dataset groups each), with CREDIT.latest = the learner's version,
+ * and any on-policy group older than the learner's version is stale.
+ *
  * Bounded memory and accounting: per source, pending (being scored) and ready groups are each at
  * most buffer.capacity_groups. Credit is the backpressure: an actor gets credit back only while
  * pending + unserved ready + credit outstanding < capacity; what is withheld is owed and paid,
