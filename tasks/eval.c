@@ -23,7 +23,8 @@ struct ap_eval {
     int *prompt_len;            /* [n] */
     int n_privileged;           /* examples whose privileged context rendered */
     int max_prompt;             /* longest prompt */
-    const ap_model_t *kv_model; /* the model the cache was made for */
+    const ap_model_t *kv_model; /* the model the cache was made for ... */
+    ap_model_config_t kv_cfg;   /* ... and its config (another model may reuse the address) */
     int kv_len;                 /* its positions per slot */
     ap_kv_t *kv;
     ap_eval_example_fn fn;
@@ -145,10 +146,13 @@ static int s_cache(ap_eval_t *e, const ap_model_t *m) {
                       e->max_prompt, c->max_positions);
     int len = AP_MIN(c->max_positions, e->max_prompt + e->o.max_new_tokens);
     int seqs = AP_MAX(e->o.batch, e->o.samples);
-    if (e->kv && e->kv_model == m && e->kv_len == len && ap_kv_max_seqs(e->kv) == seqs) return 0;
+    if (e->kv && e->kv_model == m && !memcmp(&e->kv_cfg, c, sizeof *c) && e->kv_len == len &&
+        ap_kv_max_seqs(e->kv) == seqs)
+        return 0;
     ap_kv_destroy(&e->kv);
     e->kv = ap_kv_new(m, seqs, len);
     e->kv_model = m;
+    e->kv_cfg = *c;
     e->kv_len = len;
     return 0;
 }
