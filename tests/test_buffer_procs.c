@@ -9,7 +9,9 @@
  *   3. a new buffer on the same endpoints: the surviving teacher's heartbeats get RESET and it
  *      says HELLO again by itself, the fakes too; a restarted teacher 1 joins; 40 more groups
  *      are served exactly once;
- *   4. SIGTERM to the buffer and the teachers: each exits 0 within a second. */
+ *   4. SIGTERM to the buffer and the teachers: each exits 0 within a second;
+ *   5. the same with security.curve and one key pair per role from `apprentice keygen`: groups
+ *      flow through the CURVE buffer and teacher processes, a stranger's key gets nothing. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -18,8 +20,10 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zmq.h>
 
 #include "apprentice/base.h"
+#include "apprentice/buffer.h"
 #include "apprentice/config.h"
 #include "apprentice/rundir.h"
 #include "apprentice/tokenizer.h"
@@ -292,6 +296,59 @@ int main(void) {
     fk_destroy(&w.actor);
     fk_destroy(&w.learner);
     ap_net_destroy(&net);
+
+    printf("5. security.curve: keys from `apprentice keygen`, one pair per role\n");
+    char keys[700], cmd[2000];
+    snprintf(keys, sizeof keys, "%s/keys", tmp);
+    snprintf(cmd, sizeof cmd, "'%s' keygen --dir '%s' buffer teacher actor-0 learner > /dev/null",
+             s_bin, keys);
+    AP_CHECK(system(cmd) == 0, "keygen");
+    cfg->security.curve = true;
+    free(cfg->security.keys_dir), free(cfg->run.name);
+    cfg->security.keys_dir = ap_strdup(keys);
+    cfg->run.name = ap_strdup("run-curve");
+    char **eps[] = {&cfg->endpoints.buffer_actors, &cfg->endpoints.buffer_teachers,
+                    &cfg->endpoints.buffer_learner, &cfg->endpoints.weights,
+                    &cfg->endpoints.weights_pub};
+    for (size_t i = 0; i < AP_COUNT(eps); i++) /* filled again for the new run directory */
+        free(*eps[i]), *eps[i] = ap_strdup("");
+    free(s_dir);
+    AP_CHECK(ap_rundir_create(cfg, &s_dir) == 0, "%s", ap_errmsg());
+    buf = s_start_buffer();
+    t0 = s_start_teacher(0); /* loads keys/teacher-external-0.key, falls back to teacher.key */
+    char bkey[AP_Z85_KEY];
+    AP_CHECK(ap_buffer_service_key(keys, "buffer", bkey) == 0, "%s", ap_errmsg());
+    ap_net_opts_t ao = {0}, lo = {0}, so = {.curve = 1};
+    AP_CHECK(ap_buffer_load_keys(keys, "actor-0", "actor", &ao) == 0, "%s", ap_errmsg());
+    AP_CHECK(ap_buffer_load_keys(keys, "learner-0", "learner", &lo) == 0, "%s", ap_errmsg());
+    zmq_curve_keypair(so.public_key, so.secret_key);
+    ap_net_t *an = ap_net_new(&ao), *ln = ap_net_new(&lo), *sn = ap_net_new(&so);
+    s_work_t w2 = {.V = w.V, .hash = w.hash, .next_id = 1, .last_id = 40, .want = 40};
+    ap_rng_seed(&w2.rng, 2, 2);
+    w2.actor = fk_new(an, cfg->endpoints.buffer_actors, "actor-0", AP_ROLE_ACTOR, HB, bkey);
+    w2.learner = fk_new(ln, cfg->endpoints.buffer_learner, "learner-0", AP_ROLE_LEARNER, HB, bkey);
+    fk_t *stranger = fk_new(sn, cfg->endpoints.buffer_actors, "actor-9", AP_ROLE_ACTOR, HB, bkey);
+    fk_hello(w2.actor, 0, 0, 0, w2.V, w2.hash);
+    fk_hello(w2.learner, 0, 0, 0, w2.V, w2.hash);
+    fk_hello(stranger, 9, 0, 0, w2.V, w2.hash);
+    fk_t *all2[3] = {w2.actor, w2.learner, stranger};
+    done = fk_pump(NULL, all2, 3, 20.0, s_step, &w2);
+    once = 1;
+    for (int id = 1; id <= 40; id++)
+        once &= w2.seen[id] == 1;
+    printf("  %d groups through the CURVE buffer and teacher, exactly once: %s; a stranger's key: "
+           "%d credit messages\n",
+           w2.received, once ? "yes" : "NO", stranger->credit_msgs);
+    AP_CHECK(done && once, "CURVE run");
+    AP_CHECK(stranger->credit_msgs == 0, "an unknown key was served");
+    pid_t order2[2] = {t0, buf};
+    for (int i = 0; i < 2; i++) {
+        rc = s_stop(order2[i], SIGTERM, 3.0, &secs);
+        AP_CHECK(rc == 0 && secs < 1.0, "CURVE %s shutdown: rc %d in %.3f s",
+                 i ? "buffer" : "teacher", rc, secs);
+    }
+    fk_destroy(&w2.actor), fk_destroy(&w2.learner), fk_destroy(&stranger);
+    ap_net_destroy(&an), ap_net_destroy(&ln), ap_net_destroy(&sn);
     free(s_dir);
     ap_config_destroy(&cfg);
     return ap_test_result();
