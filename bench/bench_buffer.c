@@ -34,7 +34,7 @@
 #define S_MAX_ACTORS 1024
 
 typedef struct {
-    int actors, teachers, G, tokens, top_k, B, prefetch, credit, capacity;
+    int actors, teachers, G, tokens, top_k, B, prefetch, credit, capacity, teacher_credit;
     double seconds, warmup;
 } s_opts_t;
 
@@ -242,6 +242,7 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
     cfg->batch.on_policy_fraction = 1.0;
     cfg->teacher.top_k = o->top_k;
     cfg->buffer.actor_credit = o->credit;
+    cfg->buffer.teacher_credit = o->teacher_credit;
     cfg->buffer.capacity_groups = o->capacity;
     cfg->buffer.heartbeat_ms = 1000;
     free(cfg->endpoints.buffer_teachers);
@@ -396,6 +397,7 @@ static json_t *s_one(const s_opts_t *o, int run_no) {
     json_object_set_new(j, "V", json_integer(S_V));
     json_object_set_new(j, "B", json_integer(o->B));
     json_object_set_new(j, "actor_credit", json_integer(o->credit));
+    json_object_set_new(j, "teacher_credit", json_integer(o->teacher_credit));
     json_object_set_new(j, "seconds", json_real(dt));
     json_object_set_new(j, "groups_per_s", json_real((double)groups / dt));
     json_object_set_new(j, "trajectories_per_s", json_real((double)groups * o->G / dt));
@@ -465,17 +467,22 @@ static void s_usage(FILE *out) {
             "  -t, --teachers M    simulated teachers (default 2)\n"
             "  -s, --seconds S     measured window per actor count (default 3)\n"
             "  -c, --credit C      buffer.actor_credit (default 2, the config default)\n"
+            "  -T, --teacher-credit C  buffer.teacher_credit (default 4, the config default)\n"
             "  -b, --batch B       trajectories per batch request (default 64)\n"
             "  -q, --capacity Q    buffer.capacity_groups (default 256)\n"
             "  -h, --help          this help\n");
 }
 
 int ap_bench_buffer(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"actors", required_argument, 0, 'a'},  {"teachers", required_argument, 0, 't'},
-        {"seconds", required_argument, 0, 's'}, {"credit", required_argument, 0, 'c'},
-        {"batch", required_argument, 0, 'b'},   {"capacity", required_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    static const struct option opts[] = {{"actors", required_argument, 0, 'a'},
+                                         {"teachers", required_argument, 0, 't'},
+                                         {"seconds", required_argument, 0, 's'},
+                                         {"credit", required_argument, 0, 'c'},
+                                         {"batch", required_argument, 0, 'b'},
+                                         {"capacity", required_argument, 0, 'q'},
+                                         {"teacher-credit", required_argument, 0, 'T'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     s_opts_t o = {.teachers = 2,
                   .G = 8,
                   .tokens = 32,
@@ -484,12 +491,13 @@ int ap_bench_buffer(int argc, char **argv) {
                   .prefetch = 4,
                   .credit = 2,
                   .capacity = 256,
+                  .teacher_credit = 4,
                   .seconds = 3,
                   .warmup = 1};
     const char *list = "1,16,64,256";
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "a:t:s:c:b:q:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:t:s:c:b:q:T:h", opts, NULL)) != -1) {
         switch (c) {
         case 'a':
             list = optarg;
@@ -509,6 +517,9 @@ int ap_bench_buffer(int argc, char **argv) {
         case 'q':
             o.capacity = atoi(optarg);
             break;
+        case 'T':
+            o.teacher_credit = atoi(optarg);
+            break;
         case 'h':
             s_usage(stdout);
             return 0;
@@ -518,7 +529,7 @@ int ap_bench_buffer(int argc, char **argv) {
         }
     }
     if (optind < argc || o.teachers < 1 || o.seconds <= 0 || o.credit < 1 || o.B < o.G ||
-        o.capacity < o.B / o.G) {
+        o.teacher_credit < 1 || o.capacity < o.B / o.G) {
         s_usage(stderr);
         return 2;
     }
