@@ -175,6 +175,7 @@ struct ap_buffer {
     ap_buffer_stats_t last; /* counters at the last report (rates) */
     ap_ratelimit_t rl;
     double last_no_teacher; /* ap_now() of the last "no teacher of a needed kind" warning */
+    double last_wait_warn;  /* ap_now() of the last "a batch request waits long" warning */
     int stopped;
 };
 
@@ -1249,6 +1250,17 @@ static void s_on_tick(struct ev_loop *loop, ev_timer *w, int revents) {
         b->last_no_teacher = now;
         ap_log(AP_LOG_WARN, "buffer: groups wait for a %s teacher and none is connected",
                ap_teacher_kind_name((ap_teacher_kind_t)k));
+    }
+    /* a batch request waiting long: say what it waits for (every 10 s) */
+    if (b->n_breq > 0 && now - b->breq[0].t_in > 10 && now - b->last_wait_warn >= 10) {
+        const s_breq_t *q = &b->breq[0];
+        int n_on = (int)floor(b->lambda * q->B / b->G + 1e-9);
+        b->last_wait_warn = now;
+        ap_log(AP_LOG_WARN,
+               "buffer: batch request %llu has waited %.0f s: %d of %d on-policy groups "
+               "ready, %ld of %d dataset trajectories (%d actors connected)",
+               (unsigned long long)q->request_id, now - q->t_in, b->ready[S_ON].n, n_on,
+               b->ds_ready_traj, q->B - b->G * n_on, b->peers[S_ACT].n);
     }
     if (b->metrics && now - b->last_report >= b->report_interval) s_report(b, now);
 }
