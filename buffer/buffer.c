@@ -150,6 +150,7 @@ struct ap_buffer {
     double lambda;
     int sync;
     int capacity; /* per queue, groups */
+    int last_B;   /* trajectories of the newest batch request (0 before any) */
     double hb, timeout;
     s_vec_t peers[S_NSOCK];
     uint32_t next_pid;
@@ -693,6 +694,18 @@ static void s_take_group(ap_buffer_t *b, s_peer_t *a, ap_group_t *g, uint64_t se
     if (e->need == 0) s_make_ready(b, e);
 }
 
+/* Groups of source `src` the buffer lets actors hold ahead of the learner (queued, scored and
+ * waiting, or credited): what the learner consumes in max_staleness + 2 batches, and never more
+ * than the queue capacity. More would only be sampled to go stale: on 2 cores, the CPU actors
+ * spend on it is taken from the learner and the teachers. */
+static int s_lead(const ap_buffer_t *b, int src) {
+    int B = b->last_B > 0 ? b->last_B : b->cfg->batch.size;
+    int n_on = (int)floor(b->lambda * B / b->G + 1e-9);
+    int per_batch = src == S_ON ? n_on : (B - b->G * n_on + b->G - 1) / b->G;
+    long lead = (long)(b->cfg->buffer.max_staleness + 2) * AP_MAX(per_batch, 1);
+    return (int)AP_MIN(lead, (long)b->capacity);
+}
+
 /* Credit for actors: pay what is owed where there is room (round-robin); in sync mode give
  * on-policy actors what the waiting batch requests still lack. Sends CREDIT to every actor
  * granted something, and to `force` (the answer to its HELLO or GROUP) in any case. */
@@ -712,7 +725,7 @@ static void s_grant(ap_buffer_t *b, s_peer_t *force) {
             }
             want = need - held;
         }
-        give[src] = AP_MIN(b->capacity - held, want);
+        give[src] = AP_MIN(s_lead(b, src) - held, want);
     }
     if (give[S_ON] <= 0 && give[S_DS] <= 0 && !force) return; /* the common case: nothing */
     int *grant = ap_calloc((size_t)v->n, sizeof *grant);
@@ -1101,6 +1114,7 @@ static void s_on_learner_msg(ap_sock_t *s, const ap_peer_t *from, ap_msg_t *m, v
         b->cap_breq = b->cap_breq ? 2 * b->cap_breq : 8;
         b->breq = ap_realloc(b->breq, (size_t)b->cap_breq * sizeof *b->breq);
     }
+    b->last_B = q->trajectories;
     b->breq[b->n_breq++] = (s_breq_t){.pid = L->pid,
                                       .request_id = q->request_id,
                                       .B = q->trajectories,

@@ -899,8 +899,10 @@ static ap_scores_t *s_scores_from_pb(const Ap__ScoredGroup *pb, const ap_msg_lim
     for (size_t i = 0; i < pb->n_present; i++)
         s->present[i] = pb->present[i] ? 1 : 0;
     memcpy(s->sampled, pb->sampled, (size_t)n * 4);
-    if (!pb->full) memcpy(s->ids, pb->ids, nk * 4);
-    memcpy(s->logprobs, pb->logprobs, nk * 4);
+    if (nk > 0) { /* K = 0 (reference scores): no arrays, and memcpy(NULL, 0) is undefined */
+        if (!pb->full) memcpy(s->ids, pb->ids, nk * 4);
+        memcpy(s->logprobs, pb->logprobs, nk * 4);
+    }
     return s;
 }
 

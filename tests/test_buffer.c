@@ -509,6 +509,12 @@ static void tweak_flood(ap_config_t *c) {
     c->buffer.capacity_groups = 16;
     c->buffer.actor_credit = 4;
     c->batch.size = 4;
+    c->buffer.max_staleness = 100; /* the memory bound, not the lead bound, is tested here */
+}
+
+static void tweak_lead(ap_config_t *c) {
+    tweak_flood(c);
+    c->buffer.max_staleness = 1; /* lead = (1 + 2) batches of 1 group */
 }
 
 typedef struct {
@@ -536,6 +542,37 @@ static void rogue_flood(env_t *e, fk_t **all, int n, fk_t *rogue, ap_rng_t *r, u
         if (i % 50 == 49) fk_pump(e->loop, all, n, 0.001, NULL, NULL);
     }
     fk_pump(e->loop, all, n, 0.5, NULL, NULL);
+}
+
+/* Actors are credited only what the learner can use fresh: (max_staleness + 2) batches. */
+static void test_lead(void) {
+    printf("lead: capacity 16, 4 actors with credit 4, max_staleness 1, 1 group per batch\n");
+    env_t e;
+    env_open(&e, "lead", tweak_lead);
+    drv_t d = {.e = &e, .n_actors = 4, .max_len = 8, .produce = 1, .version = {1, 0}};
+    ap_rng_seed(&d.rng, 6, 6);
+    char name[32];
+    for (int i = 0; i < 4; i++) {
+        snprintf(name, sizeof name, "actor-%d", i);
+        d.actors[i] = fk_new(e.net, e.ep[0], name, AP_ROLE_ACTOR, HB, NULL);
+        d.actor_G[i] = 4;
+        fk_hello(d.actors[i], i, 0, 0, V, 0x1234);
+    }
+    flood_t fl = {.e = &e, .d = &d};
+    fk_pump(e.loop, d.actors, 4, 1.0, flood_step, &fl); /* no teacher: everything stays pending */
+    ap_buffer_stats_t st = stats(&e);
+    int credit = 0;
+    for (int i = 0; i < 4; i++)
+        credit += d.actors[i]->credit;
+    printf("  pending max %d, now %d, credit out %d (lead 3)\n", fl.max_pending, st.pending[0],
+           credit);
+    AP_CHECK(fl.max_pending <= 3 && st.pending[0] + credit == 3,
+             "actors ran ahead: pending max %d, pending + credit %d, want 3", fl.max_pending,
+             st.pending[0] + credit);
+    check_books(&e, "lead");
+    for (int i = 0; i < 4; i++)
+        fk_destroy(&d.actors[i]);
+    env_close(&e);
 }
 
 static void test_flood(void) {
@@ -771,6 +808,7 @@ int main(void) {
     test_killed();
     test_late();
     test_stale();
+    test_lead();
     test_flood();
     test_reuse();
     test_sync();

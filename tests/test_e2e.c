@@ -200,7 +200,7 @@ static void s_objective_run(const char *name, const char *objective, const char 
     AP_CHECK(m.n > 0 && m.bad == 0, "%s: metrics.jsonl has %d records and %d bad lines", name, m.n,
              m.bad);
     int learner_steps = 0, nonfinite = 0, has_eval = 0, has_buffer = 0, has_teacher = 0;
-    int has_dataset = 0, finished = 0;
+    int has_dataset = 0, finished = 0, skips = 0;
     double max_actor_version = -1;
     const char *const required[] = {"loss/total", "reward/mean", "learner/busy_frac",
                                     "learner/grad_norm", "learner/lr", "staleness/mean",
@@ -208,6 +208,12 @@ static void s_objective_run(const char *name, const char *objective, const char 
     for (int i = 0; i < m.n; i++) {
         json_t *r = m.rec[i];
         const char *role = s_role(r);
+        json_t *skipped = s_val(r, "learner/skipped");
+        if (!strcmp(role, "learner") && s_val(r, "loss/total") && json_is_number(skipped) &&
+            json_number_value(skipped) > 0) {
+            skips++; /* e.g. a batch above max_truncation_rate: reported with null losses */
+            continue;
+        }
         if (!strcmp(role, "learner") && s_val(r, "loss/total")) {
             learner_steps++;
             for (int k = 0; required[k]; k++)
@@ -244,8 +250,8 @@ static void s_objective_run(const char *name, const char *objective, const char 
              "%s: eval %d buffer %d teacher %d records", name, has_eval, has_buffer, has_teacher);
     AP_CHECK(finished, "%s: no 'finished' launcher event", name);
     if (strcmp(lambda, "1")) AP_CHECK(has_dataset, "%s: lambda < 1 but no dataset actor", name);
-    printf("e2e %-8s %5.1f s  learner steps %d  actor version %g  records %d\n", name,
-           ap_now() - t0, learner_steps, max_actor_version, m.n);
+    printf("e2e %-8s %5.1f s  learner steps %d (+%d skipped)  actor version %g  records %d\n",
+           name, ap_now() - t0, learner_steps, skips, max_actor_version, m.n);
     s_metrics_free(&m);
     free(o), free(l);
 }
