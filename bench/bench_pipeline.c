@@ -332,10 +332,12 @@ int ap_bench_pipeline(int argc, char **argv) {
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     AP_ASSERT(n > 0);
     exe[n] = 0;
-    if (ap_mkdirs(root) < 0) {
-        fprintf(stderr, "bench pipeline: %s\n", ap_errmsg());
+    char root_abs[4096]; /* the launcher passes absolute run directories to its children */
+    if (ap_mkdirs(root) < 0 || !realpath(root, root_abs)) {
+        fprintf(stderr, "bench pipeline: %s: %s\n", root, ap_errmsg());
         return 1;
     }
+    root = root_abs;
     int all = !strcmp(mode, "all");
     double async = NAN, sync = NAN;
     if (all || !strcmp(mode, "async")) async = s_run_mode(exe, config, "async", seconds, root, threads);

@@ -8,13 +8,15 @@
  * learner's version; BYE at the end) and the weights server (ap_wserver: chunk pulls are served
  * while a step computes). The threads meet in a small mailbox under one mutex: a queue of
  * complete batches (I/O -> compute), and the learner's version and publication requests
- * (compute -> I/O, with an ev_async wake-up). A publication costs the compute thread nothing:
- * the I/O thread publishes straight from the model's parameter arena (ap_wserver_publish: its own
- * copy + BLAKE2b) while the next batch's forward and backward only read the parameters; the
- * compute thread waits for that publication to be done before the next optimizer update writes
- * them (the learner's before_update hook). Measured on a 24 MB model under load: the copy is done
- * long before the update; a memcpy on the compute thread cost 2-40 ms per step instead (2% of a
- * config-B step). Any wait is counted as transport time; the I/O thread's work is learner/io_s.
+ * (compute -> I/O, with an ev_async wake-up). A publication costs the compute thread at most one
+ * memcpy of the arena: the parameters are copied into a staging buffer by whichever thread gets
+ * there first: the I/O thread, while the next batch's forward and backward only read them, or
+ * the compute thread itself when the next optimizer update is due (the learner's before_update
+ * hook) and the I/O thread has not been scheduled yet. Hashing and serving (ap_wserver_publish)
+ * then run on the I/O thread from the staging copy, off the critical path. Measured: waiting for
+ * the I/O thread's copy + BLAKE2b instead cost 12% of a 15 ms step when both cores were saturated
+ * (bench pipeline, async). Any wait is counted as transport time; the I/O thread's work is
+ * learner/io_s.
  *
  * Sync mode (run.sync): one batch at a time: the next BATCH_REQUEST leaves only after the step
  * and the publication of its version (published every step, whatever learner.sync_every says:
@@ -34,6 +36,10 @@
 #define S_MAX_READY 16   /* complete batches waiting for the compute thread */
 #define S_MAX_PARTS 4096 /* parts of one batch accepted */
 #define S_MAX_MSG ((size_t)256 << 20)
+
+/* The arena copy of a publication: requested by the compute thread, claimed by the first thread
+ * to get there, done when the parameters may change again. */
+enum { S_STAGE_DONE = 0, S_STAGE_WANTED = 1, S_STAGE_COPYING = 2 };
 
 typedef struct {
     uint64_t id;       /* request id */
@@ -58,8 +64,11 @@ typedef struct {
     pthread_cond_t cv;
     int quit;       /* compute -> I/O: send BYE and leave */
     int dead;       /* the I/O thread has left */
-    int publish;    /* compute -> I/O: publish the model's arena as `pub_version`; the
-                       compute thread does not update the parameters until it is 0 */
+    int publish;    /* compute -> I/O: publish the staged arena as `pub_version` (1 while the
+                       publication, staging included, is not finished) */
+    int stage_state; /* S_STAGE_*: who copies the arena into `stage` for the publication */
+    float *stage;    /* [stage_floats] the arena being published (guarded by stage_state) */
+    size_t stage_bytes;
     int publish_rc; /* result of the last publication (-1: publish_err) */
     char publish_err[256];
     ap_version_t pub_version;
@@ -289,19 +298,22 @@ static void s_on_prep(struct ev_loop *loop, ev_prepare *w, int revents) {
     }
 }
 
+static void s_stage_copy(s_io_t *io);
+
 static void s_on_wake(struct ev_loop *loop, ev_async *w, int revents) {
     (void)revents;
     s_io_t *io = w->data;
     ap_learner_t *L = io->L;
     pthread_mutex_lock(&io->mu);
     ap_msg_codec_set_latest(ap_sock_codec(io->sock), io->version);
-    if (io->publish) { /* the parameters do not move until publish == 0 */
+    if (io->publish) {
         ap_version_t v = io->pub_version;
+        if (io->stage_state == S_STAGE_WANTED) s_stage_copy(io); /* releases and retakes mu */
+        while (io->stage_state != S_STAGE_DONE) /* the compute thread is copying */
+            pthread_cond_wait(&io->cv, &io->mu);
         pthread_mutex_unlock(&io->mu);
-        size_t bytes;
-        const void *arena = ap_model_blob(L->model, &bytes);
-        int rc =
-            ap_wserver_publish(io->ws, v, ap_model_config(L->model), L->table_hash, arena, bytes);
+        int rc = ap_wserver_publish(io->ws, v, ap_model_config(L->model), L->table_hash,
+                                    io->stage, io->stage_bytes);
         pthread_mutex_lock(&io->mu);
         io->publish_rc = rc;
         if (rc < 0) snprintf(io->publish_err, sizeof io->publish_err, "%s", ap_errmsg());
@@ -351,15 +363,11 @@ static void s_io_destroy(s_io_t *io) {
         ev_prepare_stop(io->loop, &io->prep);
     }
     ap_sock_destroy(&io->sock);
-    /* Chunks already handed to ZeroMQ reference their snapshot until its I/O thread has sent
-     * them, and net/weights.c lets that last release touch the server's counter: a short grace
-     * lets the sends in progress finish before the server is freed (the real fix is in
-     * net/weights.c: see DESIGN notes). */
-    if (io->ws && io->started) ap_sleep(0.1);
-    ap_wserver_destroy(&io->ws);
+    ap_wserver_destroy(&io->ws); /* chunks still in ZeroMQ keep their snapshot alive */
     if (io->loop) ev_loop_destroy(io->loop);
     pthread_mutex_destroy(&io->mu);
     pthread_cond_destroy(&io->cv);
+    free(io->stage);
     free(io);
 }
 
@@ -430,6 +438,36 @@ fail:
     return NULL;
 }
 
+/* Copy the arena into the staging buffer (called with mu held and stage_state WANTED, by
+ * either thread; mu is released during the copy and held again on return). */
+static void s_stage_copy(s_io_t *io) {
+    io->stage_state = S_STAGE_COPYING;
+    pthread_mutex_unlock(&io->mu);
+    size_t bytes;
+    const void *arena = ap_model_blob(io->L->model, &bytes);
+    if (bytes > io->stage_bytes) { /* only this thread touches stage while COPYING */
+        free(io->stage);
+        io->stage = ap_alloc_aligned(bytes);
+    }
+    memcpy(io->stage, arena, bytes);
+    io->stage_bytes = bytes;
+    pthread_mutex_lock(&io->mu);
+    io->stage_state = S_STAGE_DONE;
+    pthread_cond_broadcast(&io->cv);
+}
+
+/* The learner's before_update hook: the parameters may change once they are staged; copy them
+ * here if the I/O thread has not started. 0, or -1 when the I/O thread has stopped. */
+static int s_stage_wait(s_io_t *io) {
+    pthread_mutex_lock(&io->mu);
+    if (io->stage_state == S_STAGE_WANTED) s_stage_copy(io);
+    while (io->stage_state != S_STAGE_DONE && !io->dead)
+        pthread_cond_wait(&io->cv, &io->mu);
+    int rc = io->stage_state != S_STAGE_DONE ? ap_err("learner: the I/O thread has stopped") : 0;
+    pthread_mutex_unlock(&io->mu);
+    return rc;
+}
+
 /* Wait until no publication is in progress. 0, or -1 when the last one failed. */
 static int s_publish_wait(s_io_t *io) {
     pthread_mutex_lock(&io->mu);
@@ -443,9 +481,8 @@ static int s_publish_wait(s_io_t *io) {
     return rc;
 }
 
-/* The learner's before_update hook: the parameters may change once the publication is done. */
 static int s_before_update(void *data) {
-    return s_publish_wait(data);
+    return s_stage_wait(data);
 }
 
 /* Publish L->version: the I/O thread copies the arena before the next update. 0 / -1 (the
@@ -456,6 +493,7 @@ static int s_publish(s_io_t *io) {
     io->version = io->L->version;
     io->pub_version = io->L->version;
     io->publish = 1;
+    io->stage_state = S_STAGE_WANTED;
     pthread_mutex_unlock(&io->mu);
     ev_async_send(io->loop, &io->wake);
     return 0;

@@ -338,7 +338,7 @@ static pid_t s_find_process(const char *a, const char *b) {
 }
 
 static void s_kill_actor(void) {
-    const char *sets[] = {"objective={grpo: {}}", "run.max_steps=60"};
+    const char *sets[] = {"objective={grpo: {}}", "run.max_steps=1000"};
     pid_t pid = s_launch("killactor", sets, 2);
     AP_CHECK(s_wait_step("killactor", 2, 120), "killactor: the learner never reached step 2");
     char *run = ap_sprintf("runs/killactor --id 0 --mode student");
@@ -360,7 +360,7 @@ static void s_kill_actor(void) {
         if (!strcmp(s_role(r), "learner") && s_val(r, "loss/total")) last = s_step(r);
     }
     AP_CHECK(restarted, "killactor: the launcher did not restart actor-0");
-    AP_CHECK(finished && last == 60, "killactor: finished %d at step %ld", finished, last);
+    AP_CHECK(finished && last == 1000, "killactor: finished %d at step %ld", finished, last);
     printf("e2e killactor  actor-0 (pid %d) killed at step >= 2, restarted; run finished at %ld\n",
            (int)actor, last);
     s_metrics_free(&m);
