@@ -25,16 +25,19 @@ typedef struct {
     const char *title;
     const char *ylabel;
     const char *role;     /* records of this role */
-    const char *keys[6];  /* metric keys; "loss/" = every key with that prefix */
+    const char *keys[8];  /* metric keys; "loss/" = every key with that prefix */
     int x_time;           /* 0: x = step (policy version), 1: x = minutes since the run's start */
 } s_panel_t;
 
 static const s_panel_t s_panels[] = {
     {"accuracy_steps.png", "held-out accuracy", "accuracy", "eval",
      {"eval/accuracy", "eval/pass_at_k"}, 0},
+    {"sft_accuracy.png", "held-out accuracy during SFT", "accuracy", "sft",
+     {"eval/accuracy", "eval/accuracy_privileged"}, 0},
+    {"sft_loss.png", "SFT loss", "nats", "sft", {"loss/sft"}, 0},
     {"accuracy_time.png", "held-out accuracy against wall time", "accuracy", "eval",
      {"eval/accuracy"}, 1},
-    {"reward.png", "reward of the learner's batches", "reward", "learner",
+    {"reward.png", "reward of the trained batches", "reward", "learner",
      {"reward/mean", "accuracy/train"}, 0},
     {"losses.png", "losses", "loss", "learner", {"loss/"}, 0},
     {"length.png", "completion length and truncation", "tokens / rate", "learner",
@@ -43,7 +46,8 @@ static const s_panel_t s_panels[] = {
     {"staleness.png", "policy lag of trained trajectories", "versions", "learner",
      {"staleness/mean", "staleness/max"}, 0},
     {"agreement.png", "teacher-student agreement", "KL (nats) / overlap", "learner",
-     {"kl/teacher_student", "kl/student_teacher", "overlap/topk"}, 0},
+     {"kl/teacher_student", "kl/student_teacher", "overlap/teacher", "kl/self_teacher_student",
+      "overlap/self_teacher"}, 0},
 };
 
 typedef struct {
@@ -59,6 +63,16 @@ typedef struct {
     s_series_t *s;
     int n, cap;
 } s_series_list_t;
+
+/* Write s as a gnuplot single-quoted string ('' stands for one quote inside). */
+static void s_gp_quote(FILE *f, const char *s) {
+    fputc('\'', f);
+    for (; *s; s++) {
+        if (*s == '\'') fputc('\'', f);
+        fputc(*s, f);
+    }
+    fputc('\'', f);
+}
 
 static int s_key_matches(const char *pattern, const char *key) {
     size_t n = strlen(pattern);
@@ -118,7 +132,7 @@ static int s_read_run(const char *run, int r, s_series_list_t *l, const char *da
                 json_t *v;
                 json_object_foreach(values, key, v) {
                     if (!json_is_number(v)) continue;
-                    for (int k = 0; k < 6 && s_panels[p].keys[k]; k++) {
+                    for (int k = 0; k < 8 && s_panels[p].keys[k]; k++) {
                         if (!s_key_matches(s_panels[p].keys[k], key)) continue;
                         s_series_t *s = s_series(l, (int)p, r, key, datadir);
                         if (!s->f) continue;
@@ -201,16 +215,27 @@ int ap_cmd_plot(int argc, char **argv) {
         int any = 0;
         for (int i = 0; i < l.n; i++) any |= l.s[i].panel == (int)p && l.s[i].n > 0;
         if (!any) continue;
-        fprintf(gp, "set output '%s/%s'\nset title '%s'\nset xlabel '%s'\nset ylabel '%s'\nplot ",
-                outdir, s_panels[p].file, s_panels[p].title,
-                s_panels[p].x_time ? "minutes" : "learner step (policy version)",
-                s_panels[p].ylabel);
+        char *png = ap_sprintf("%s/%s", outdir, s_panels[p].file);
+        fprintf(gp, "set output ");
+        s_gp_quote(gp, png);
+        fprintf(gp, "\nset title ");
+        s_gp_quote(gp, s_panels[p].title);
+        fprintf(gp, "\nset xlabel ");
+        s_gp_quote(gp, s_panels[p].x_time ? "minutes" : "step (policy version)");
+        fprintf(gp, "\nset ylabel ");
+        s_gp_quote(gp, s_panels[p].ylabel);
+        fprintf(gp, "\nplot ");
+        free(png);
         int first = 1;
         for (int i = 0; i < l.n; i++) {
             if (l.s[i].panel != (int)p || !l.s[i].n) continue;
-            fprintf(gp, "%s'%s' using 1:2 with lines lw 2 title '%s%s%s'", first ? "" : ", ",
-                    l.s[i].path, nruns > 1 ? s_basename(runs[l.s[i].run]) : "",
-                    nruns > 1 ? " " : "", l.s[i].key);
+            char *title = ap_sprintf("%s%s%s", nruns > 1 ? s_basename(runs[l.s[i].run]) : "",
+                                     nruns > 1 ? " " : "", l.s[i].key);
+            fprintf(gp, "%s", first ? "" : ", ");
+            s_gp_quote(gp, l.s[i].path);
+            fprintf(gp, " using 1:2 with lines lw 2 title ");
+            s_gp_quote(gp, title);
+            free(title);
             first = 0;
         }
         fprintf(gp, "\n");
