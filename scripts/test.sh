@@ -10,7 +10,7 @@ jobs="$(nproc)"
 scripts/build.sh
 (cd build && ctest --output-on-failure -j "$jobs" "$@")
 # Bad-input tests again under ASan/UBSan: an error, never a crash.
-sanitize_tests='safetensors|malformed|tokenizer|dataset|config|decode|protocol|weights'
+sanitize_tests='safetensors|malformed|tokenizer|dataset|config|decode|protocol|weights|sft|eval|sample|teacher|learner_batch|objectives_edge|loss'
 AP_BUILD_DIR=build-sanitize scripts/build.sh -DAP_SANITIZE=address,undefined -DAP_NATIVE=ON
 (cd build-sanitize && ctest --output-on-failure -j "$jobs" -R "$sanitize_tests")
 echo "test.sh: all tests passed"
