@@ -121,6 +121,22 @@ static s_metrics_t s_read_metrics(const char *run) {
     return m;
 }
 
+/* docs/METRICS.md documents `key`, or a pattern `prefix/REASON` (or `prefix/KIND`) for it. */
+static char *s_metrics_doc;
+static int s_documented(const char *key) {
+    char *q = ap_sprintf("`%s`", key);
+    int ok = strstr(s_metrics_doc, q) != NULL;
+    free(q);
+    const char *slash = strrchr(key, '/');
+    for (const char *const *pat = (const char *const[]){"REASON", "KIND", NULL}; !ok && slash && *pat;
+         pat++) {
+        q = ap_sprintf("`%.*s/%s`", (int)(slash - key), key, *pat);
+        ok = strstr(s_metrics_doc, q) != NULL;
+        free(q);
+    }
+    return ok;
+}
+
 static const char *s_role(json_t *r) { return json_string_value(json_object_get(r, "role")); }
 static long s_step(json_t *r) { return (long)json_integer_value(json_object_get(r, "step")); }
 static json_t *s_val(json_t *r, const char *k) {
@@ -200,7 +216,7 @@ static void s_objective_run(const char *name, const char *objective, const char 
     AP_CHECK(m.n > 0 && m.bad == 0, "%s: metrics.jsonl has %d records and %d bad lines", name, m.n,
              m.bad);
     int learner_steps = 0, nonfinite = 0, has_eval = 0, has_buffer = 0, has_teacher = 0;
-    int has_dataset = 0, finished = 0, skips = 0;
+    int has_dataset = 0, finished = 0, skips = 0, undocumented = 0;
     double max_actor_version = -1;
     const char *const required[] = {"loss/total", "reward/mean", "learner/busy_frac",
                                     "learner/grad_norm", "learner/lr", "staleness/mean",
@@ -231,6 +247,15 @@ static void s_objective_run(const char *name, const char *objective, const char 
             if (json_is_number(v) && json_number_value(v) > max_actor_version)
                 max_actor_version = json_number_value(v);
             AP_CHECK(s_val(r, "actor/tokens_per_s") != NULL, "%s: actor lacks tokens/s", name);
+        }
+        const char *key;
+        json_t *val;
+        json_object_foreach(json_object_get(r, "values"), key, val) {
+            if (!s_documented(key)) {
+                AP_CHECK(0, "%s: metric %s (role %s) is not in docs/METRICS.md", name, key, role);
+                undocumented++;
+            }
+            if (undocumented > 5) break;
         }
         if (!strcmp(role, "eval") && json_is_number(s_val(r, "eval/accuracy"))) has_eval = 1;
         if (!strcmp(role, "buffer")) has_buffer = 1;
@@ -373,6 +398,12 @@ int main(void) {
         fprintf(stderr, "AP_BIN is not set (run under ctest)\n");
         return 1;
     }
+    char *doc_path = ap_sprintf("%s/docs/METRICS.md", getenv("AP_SOURCE_DIR") ? getenv("AP_SOURCE_DIR") : AP_SOURCE_DIR);
+    if (ap_file_read(doc_path, &s_metrics_doc, NULL) < 0) {
+        fprintf(stderr, "%s\n", ap_errmsg());
+        return 1;
+    }
+    free(doc_path);
     const char *rel = ap_test_tmpdir("e2e");
     AP_ASSERT(realpath(rel, s_dir) != NULL);
     s_make_models();
