@@ -14,6 +14,7 @@ typedef struct {
 static const s_command_t s_commands[] = {
     {"launch", ap_cmd_launch, "start a whole experiment from one YAML config and supervise it"},
     {"plot", ap_cmd_plot, "draw the curves of one or more run directories to PNG (gnuplot)"},
+    {"report", ap_cmd_report, "markdown tables of runs: accuracy at fixed steps and time, monitors"},
     {"config", ap_cmd_config, "print the resolved config (defaults, file, --set overrides)"},
     {"sft", ap_cmd_sft, "supervised training: cold start, privileged hints, sequence-level KD"},
     {"eval", ap_cmd_eval, "held-out greedy accuracy and pass@k of a checkpoint (one JSON line)"},

@@ -11,6 +11,7 @@
 int ap_cmd_launch(int argc, char **argv);  /* launcher/: start and supervise a run */
 int ap_cmd_plot(int argc, char **argv);    /* launcher/: gnuplot curves of runs */
 int ap_cmd_config(int argc, char **argv);  /* launcher/: print a resolved config */
+int ap_cmd_report(int argc, char **argv);  /* launcher/: markdown result tables of runs */
 int ap_cmd_actor(int argc, char **argv);   /* actors/: student, dataset or eval actor */
 int ap_cmd_teacher(int argc, char **argv); /* teacher/: teacher worker */
 int ap_cmd_buffer(int argc, char **argv);  /* buffer/: generation/replay buffer */
