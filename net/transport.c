@@ -551,14 +551,22 @@ ap_sock_t *ap_sock_new(ap_net_t *net, const ap_sock_opts_t *o) {
     if (!s->mon)
         ap_log(AP_LOG_WARN, "%s: no socket monitor (%s): handshakes are not counted", s->name,
                zmq_strerror(errno));
-    if ((o->bind ? zmq_bind(z, o->endpoint) : zmq_connect(z, o->endpoint)) != 0) {
-        ap_err("%s: %s %s: %s", s->name, o->bind ? "bind" : "connect", o->endpoint,
-               zmq_strerror(errno));
+    /* One endpoint per config key serves both sides: a service binds a wildcard host ("*" or
+     * 0.0.0.0), and a client on the same machine connects to it at 127.0.0.1 (clients on other
+     * machines get the head's host from `launch --connect HOST`). */
+    char local[64];
+    const char *ep = o->endpoint;
+    if (!o->bind && (!strncmp(ep, "tcp://*:", 8) || !strncmp(ep, "tcp://0.0.0.0:", 14))) {
+        snprintf(local, sizeof local, "tcp://127.0.0.1:%.40s", strrchr(ep, ':') + 1);
+        ep = local;
+    }
+    if ((o->bind ? zmq_bind(z, ep) : zmq_connect(z, ep)) != 0) {
+        ap_err("%s: %s %s: %s", s->name, o->bind ? "bind" : "connect", ep, zmq_strerror(errno));
         goto fail;
     }
     size_t elen = sizeof s->endpoint;
     if (!o->bind || zmq_getsockopt(z, ZMQ_LAST_ENDPOINT, s->endpoint, &elen) != 0)
-        snprintf(s->endpoint, sizeof s->endpoint, "%s", o->endpoint);
+        snprintf(s->endpoint, sizeof s->endpoint, "%s", ep);
     atomic_fetch_add(&net->n_socks, 1);
     return s;
 fail:

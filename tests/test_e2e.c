@@ -392,6 +392,56 @@ static void s_kill_actor(void) {
     free(run);
 }
 
+/* Two launchers as two machines would run them: the head (buffer, learner, teacher, evaluator)
+ * binds wildcard tcp endpoints, a worker launcher adds the actors with --connect 127.0.0.1. */
+static void s_split_roles(void) {
+    int p = 20000 + (int)(getpid() % 20000);
+    char *eps = ap_sprintf("endpoints={buffer_actors: 'tcp://*:%d', buffer_teachers: 'tcp://*:%d', "
+                           "buffer_learner: 'tcp://*:%d', weights: 'tcp://*:%d', "
+                           "weights_pub: 'tcp://*:%d'}",
+                           p, p + 1, p + 2, p + 3, p + 4);
+    const char *head_sets[] = {"objective={gkd: {}}", "run.max_steps=20", eps};
+    pid_t head = fork();
+    if (head == 0) {
+        if (chdir(s_dir) < 0) _exit(126);
+        FILE *f = freopen("launch-split-head.log", "a", stderr);
+        (void)f;
+        execl(s_bin, s_bin, "launch", "rl.yaml", "--quiet", "--set", "run.name=split", "--roles",
+              "buffer,learner,teacher,eval", "--set", head_sets[0], "--set", head_sets[1], "--set",
+              head_sets[2], (char *)NULL);
+        _exit(127);
+    }
+    pid_t worker = fork();
+    if (worker == 0) {
+        if (chdir(s_dir) < 0) _exit(126);
+        FILE *f = freopen("launch-split-worker.log", "a", stderr);
+        (void)f;
+        execl(s_bin, s_bin, "launch", "rl.yaml", "--quiet", "--set", "run.name=split", "--set",
+              "run.dir=runs-worker", "--roles", "actor", "--connect", "127.0.0.1", "--actors", "2",
+              "--set", head_sets[0], "--set", head_sets[1], "--set", head_sets[2], (char *)NULL);
+        _exit(127);
+    }
+    int rc = s_wait(head, 120);
+    AP_CHECK(rc == 0, "split: head launcher exit %d (see %s/launch-split-head.log)", rc, s_dir);
+    kill(worker, SIGTERM); /* a worker serves until stopped */
+    int wrc = s_wait(worker, 60);
+    AP_CHECK(wrc == 0, "split: worker launcher exit %d after SIGTERM", wrc);
+    s_metrics_t m = s_read_metrics("split");
+    long last = -1;
+    for (int i = 0; i < m.n; i++)
+        if (!strcmp(s_role(m.rec[i]), "learner") && s_val(m.rec[i], "loss/total"))
+            last = s_step(m.rec[i]);
+    AP_CHECK(last == 20, "split: the head's learner ended at step %ld", last);
+    s_metrics_free(&m);
+    char *wpath = ap_sprintf("%s/runs-worker/split/metrics/actor-0.jsonl", s_dir), *text = NULL;
+    AP_CHECK(ap_file_read(wpath, &text, NULL) == 0, "split: worker actor metrics: %s", ap_errmsg());
+    AP_CHECK(text && strstr(text, "\"actor/version_step\":20"), "split: the worker's actor never "
+                                                                "reached version 20");
+    printf("e2e split    head (buffer, learner, teacher, eval) + worker (2 actors) over tcp: "
+           "learner step %ld\n", last);
+    free(text), free(wpath), free(eps);
+}
+
 int main(void) {
     s_bin = getenv("AP_BIN");
     if (!s_bin) {
@@ -417,5 +467,6 @@ int main(void) {
                     (const char *const[]){"loss/grpo", "loss/gkd", NULL});
     s_sigterm_resume();
     s_kill_actor();
+    s_split_roles();
     return ap_test_result();
 }
