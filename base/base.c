@@ -275,10 +275,26 @@ int ap_file_write_atomic(const char *path, const void *data, size_t len) {
     return ap_afile_commit(&f);
 }
 
+/* Peak resident set of this process image in MiB. VmHWM of /proc/self/status belongs to the
+ * address space of the current exec; getrusage's ru_maxrss is carried across fork + exec on
+ * Linux (a child started by a big parent reports the parent's peak), so it is only the fallback
+ * when /proc is unreadable. */
 double ap_peak_rss_mb(void) {
+    FILE *f = fopen("/proc/self/status", "re");
+    if (f) {
+        char line[256];
+        long kb = -1; /* VmHWM is in kB */
+        while (fgets(line, sizeof line, f))
+            if (!strncmp(line, "VmHWM:", 6)) {
+                kb = strtol(line + 6, NULL, 10);
+                break;
+            }
+        fclose(f);
+        if (kb >= 0) return (double)kb / 1024.0;
+    }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0;
+    return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in kB on Linux */
 }
 
 uint64_t ap_hash64(const void *data, size_t len, uint64_t seed) {
