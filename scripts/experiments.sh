@@ -124,10 +124,12 @@ matrix_names() { # TASK: the run names of a task's block
     done
 }
 
+# Seed-major: a matrix cut short still has every (task, method) with the first seeds; the
+# tables and figures are regenerated after every (seed, task) block.
 run_matrix() {
     local t m s
-    for t in "${tasks[@]}"; do
-        for s in "${seeds[@]}"; do # seed-major: a cut-short matrix still has every method
+    for s in "${seeds[@]}"; do
+        for t in "${tasks[@]}"; do
             for m in "${methods[@]}"; do
                 local name="$t-$m-s$s"
                 recipe "$m"
@@ -137,38 +139,37 @@ run_matrix() {
                 fi
                 run_one "$root" "$name" "$t" "$m" "$s" "$lr"
             done
+            report
         done
-        report
     done
 }
 
-# report: the tables (between the markers of docs/RESULTS.md) and the figures.
+# report: the tables (between the markers of docs/RESULTS.md) and the figures (mean curves over
+# seeds, one line per method, one figure per task and x axis).
 report() {
-    local t tables tmp
-    tables=$(mktemp)
+    local t n tables tmp runs=() refs=()
     for t in "${tasks[@]}"; do
-        local runs=()
-        for n in $(matrix_names "$t"); do [ -d "$root/$n" ] && runs+=("$root/$n"); done
-        [ ${#runs[@]} -gt 0 ] || continue
-        {
-            echo "### $t"
-            echo
-            "$bin" report "${runs[@]}" --steps "$((steps / 4)),$((steps / 2)),$steps" \
-                --minutes "0.5,1,2" --reference "teacher=models/teacher-$t" \
-                --reference "cold start=models/student-$t" --curves "$root/curves-$t"
-            echo
-        } >> "$tables"
+        for n in $(matrix_names "$t"); do
+            if [ -d "$root/$n" ]; then runs+=("$root/$n"); fi
+        done
+        refs+=(--teacher "$t=models/teacher-$t" --cold "$t=models/student-$t")
+    done
+    if [ ${#runs[@]} -eq 0 ]; then
+        echo "experiments: no runs under $root yet" >&2
+        return 0
+    fi
+    tables=$(mktemp)
+    rm -rf "$root/curves"
+    "$bin" report "${runs[@]}" --steps "$((steps / 4)),$((steps / 2)),$steps" \
+        --minutes "$(minute_marks)" "${refs[@]}" --curves "$root/curves" > "$tables"
+    for t in "${tasks[@]}"; do
+        compgen -G "$root/curves/$t-*" > /dev/null || continue
         rm -rf "${figures:?}/$t"
         mkdir -p "$figures/$t"
-        "$bin" plot "$root/curves-$t"/* --out "$figures/$t" > /dev/null
+        "$bin" plot "$root/curves/$t-"* --out "$figures/$t" > /dev/null
         rm -rf "${figures:?}/$t/data"
         echo "experiments: figures of $t in $figures/$t/" >&2
     done
-    if [ ! -s "$tables" ]; then
-        echo "experiments: no runs under $root yet" >&2
-        rm -f "$tables"
-        return 0
-    fi
     if ! grep -q '^<!-- experiments:tables:begin -->' "$results"; then
         echo "experiments: $results has no <!-- experiments:tables:begin --> marker: tables in $tables" >&2
         return 1
@@ -181,6 +182,10 @@ report() {
     cat "$tmp" > "$results"
     rm -f "$tmp" "$tables"
     echo "experiments: tables written into $results" >&2
+}
+
+minute_marks() { # MINUTES/6, /3, 2/3 and the whole budget: "0.5,1,2,3" for 3 minutes
+    awk -v m="$minutes" 'BEGIN { printf "%g,%g,%g,%g", m / 6, m / 3, 2 * m / 3, m }'
 }
 
 # tune: the learning-rate grid behind recipe(), on addition, seed 1, the matrix's budgets.
@@ -198,7 +203,9 @@ tune() {
     done
     local runs=()
     for d in "$dr"/addition-*; do [ -d "$d" ] && runs+=("$d"); done
-    "$bin" report "${runs[@]}" --steps "$((steps / 4)),$((steps / 2)),$steps" --minutes "0.5,1,2"
+    "$bin" report "${runs[@]}" --steps "$((steps / 4)),$((steps / 2)),$steps" \
+        --minutes "$(minute_marks)" --teacher addition=models/teacher-addition \
+        --cold addition=models/student-addition
 }
 
 list() {
