@@ -50,20 +50,6 @@ static double s_matmul_params(const ap_model_config_t *c) {
     return c->tie_embeddings ? n : n + (double)c->vocab_size * D;
 }
 
-/* Peak resident set of this process image in MiB: VmHWM of /proc/self/status, which belongs to
- * the address space of this exec. getrusage's ru_maxrss (ap_peak_rss_mb) is carried across
- * fork + exec on Linux, so a bench started by a big parent (torch_bench.py --apprentice)
- * would report the parent's peak; it is the fallback when /proc is unavailable. */
-static double s_peak_rss_mb(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    double kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmHWM:", 6)) kb = atof(line + 6);
-    if (f) fclose(f);
-    return kb >= 0 ? kb / 1024.0 : ap_peak_rss_mb();
-}
-
 static int s_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -164,7 +150,7 @@ static void s_train_one(const s_cfg_t *cfg, int B, int T, int threads, int warmu
     json_object_set_new(j, "flops_per_token", json_real(flops));
     json_object_set_new(j, "mfu", json_real(flops * tokens / step / (peak * 1e9)));
     json_object_set_new(j, "peak_gflops", json_real(peak));
-    json_object_set_new(j, "peak_rss_mb", json_real(s_peak_rss_mb()));
+    json_object_set_new(j, "peak_rss_mb", json_real(ap_peak_rss_mb()));
     json_object_set_new(j, "design_mb", json_real(need / (1 << 20)));
     json_object_set_new(j, "activation_mb", json_real((double)ap_model_activation_bytes(m) / (1 << 20)));
     json_object_set_new(j, "loss_first", json_real(loss_first));
@@ -238,7 +224,7 @@ static void s_sample_one(const s_cfg_t *cfg, int S, int new_tokens, int threads,
     json_object_set_new(j, "flops_per_token", json_real(flops));
     json_object_set_new(j, "mfu", json_real(flops * generated / run / (peak * 1e9)));
     json_object_set_new(j, "peak_gflops", json_real(peak));
-    json_object_set_new(j, "peak_rss_mb", json_real(s_peak_rss_mb()));
+    json_object_set_new(j, "peak_rss_mb", json_real(ap_peak_rss_mb()));
     json_object_set_new(j, "reps", json_integer(reps));
     ap_bench_emit(j);
     free(t), free(out), free(lens), free(prompts);

@@ -89,7 +89,8 @@ int ap_afile_write(ap_afile_t *f, const void *data, size_t len);
 int ap_afile_commit(ap_afile_t **f);
 void ap_afile_abort(ap_afile_t **f);
 
-/* Peak resident set size of this process in MiB (from getrusage). */
+/* Peak resident set size of this process image in MiB: VmHWM of /proc/self/status (getrusage's
+ * ru_maxrss, the fallback, is carried across fork + exec on Linux). */
 double ap_peak_rss_mb(void);
 
 /* 64-bit FNV-1a, for cheap content hashes (vocabulary identity, prompt split). */
