@@ -442,6 +442,29 @@ static void s_split_roles(void) {
     free(text), free(wpath), free(eps);
 }
 
+/* apprentice plot: one run into its plots/, several runs into --out. */
+static void s_plot(void) {
+    AP_CHECK(s_sh("cd '%s' && '%s' plot runs/srpo > plot1.out 2> plot1.err", s_dir, s_bin) == 0,
+             "plot one run (see %s/plot1.err)", s_dir);
+    AP_CHECK(s_sh("cd '%s' && '%s' plot runs/gkd runs/grpo runs/srpo --out cmp > plot2.out "
+                  "2> plot2.err",
+                  s_dir, s_bin) == 0,
+             "plot three runs");
+    const char *pngs[] = {"runs/srpo/plots/accuracy_steps.png", "runs/srpo/plots/losses.png",
+                          "runs/srpo/plots/agreement.png", "cmp/accuracy_steps.png",
+                          "cmp/reward.png"};
+    for (size_t i = 0; i < AP_COUNT(pngs); i++) {
+        char *p = ap_sprintf("%s/%s", s_dir, pngs[i]), *data = NULL;
+        size_t n = 0;
+        int ok = ap_file_read(p, &data, &n) == 0 && n > 1000 && !memcmp(data, "\x89PNG", 4);
+        AP_CHECK(ok, "plot: %s missing or not a PNG", pngs[i]);
+        free(data), free(p);
+    }
+    AP_CHECK(s_sh("cd '%s' && ! '%s' plot runs/does-not-exist 2> plot3.err", s_dir, s_bin) == 0,
+             "plot of a missing run must fail");
+    printf("e2e plot     one run and three runs drawn; a missing run refused\n");
+}
+
 int main(void) {
     s_bin = getenv("AP_BIN");
     if (!s_bin) {
@@ -465,6 +488,7 @@ int main(void) {
     s_objective_run("srpo", "{srpo: {}}", "1", (const char *const[]){"loss/srpo", NULL});
     s_objective_run("hybrid", "{grpo: {}, gkd: {}}", "0.5",
                     (const char *const[]){"loss/grpo", "loss/gkd", NULL});
+    s_plot();
     s_sigterm_resume();
     s_kill_actor();
     s_split_roles();
