@@ -22,7 +22,7 @@
 # Runs go one at a time (they share the machine's 2 cores); logs in ROOT/logs/NAME.log.
 #
 # Environment: AP_BIN (default build/apprentice), EXP_ROOT (runs/exp), TASKS ("addition
-# multiplication"), SEEDS ("1 2 3"), METHODS (all), STEPS (1000), MINUTES (3), RESULTS
+# multiplication"), SEEDS ("1 2 3"), METHODS (all), STEPS (1000), MINUTES (3.5), RESULTS
 # (docs/RESULTS.md), FIGURES (docs/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ read -r -a tasks <<< "${TASKS:-addition multiplication}"
 read -r -a seeds <<< "${SEEDS:-1 2 3}"
 read -r -a methods <<< "${METHODS:-sft kd gkd-0.5 gkd-1 opd grpo opsd srpo hybrid}"
 steps="${STEPS:-1000}"     # run.max_steps, every method (sft.steps for the baseline)
-minutes="${MINUTES:-3}"    # run.max_minutes, every method
+minutes="${MINUTES:-3.5}"  # run.max_minutes, every method
 batch=128                  # trajectories (sequences) per optimizer step, every method
 warmup=100                 # linear warm-up steps, then cosine to 0.1 x lr at max_steps
 eval_every=50              # held-out evaluation every 5% of the step budget
@@ -44,16 +44,17 @@ figures="${FIGURES:-docs/results}"
 # G = 1 wherever the objective needs no group (more distinct prompts per step); G = 4 where
 # group advantages need siblings (grpo, srpo and the hybrid's GRPO part).
 recipe() {
+    extra=()
     case "$1" in
-    sft) cfg=configs/sft.yaml G=1 lr=1e-3 ;;
-    kd) cfg=configs/kd.yaml G=1 lr=1e-3 ;;
-    gkd-0.5) cfg=configs/gkd-0.5.yaml G=1 lr=1e-3 ;;
-    gkd-1) cfg=configs/gkd-1.yaml G=1 lr=1e-3 ;;
-    opd) cfg=configs/opd.yaml G=1 lr=5e-4 ;;
+    sft) cfg=configs/sft.yaml G=1 lr=2e-3 ;;
+    kd) cfg=configs/kd.yaml G=1 lr=2e-3 ;;
+    gkd-0.5) cfg=configs/gkd-0.5.yaml G=1 lr=2e-3 ;;
+    gkd-1) cfg=configs/gkd-1.yaml G=1 lr=2e-3 ;;
+    opd) cfg=configs/opd.yaml G=1 lr=2e-4 ;;
     grpo) cfg=configs/grpo.yaml G=4 lr=5e-4 ;;
-    opsd) cfg=configs/opsd.yaml G=1 lr=5e-4 ;;
-    srpo) cfg=configs/srpo.yaml G=4 lr=5e-4 ;;
-    hybrid) cfg=configs/hybrid.yaml G=4 lr=5e-4 ;;
+    opsd) cfg=configs/opsd.yaml G=1 lr=1e-3 extra=(--set objective.opsd.clip_token_kl=inf) ;;
+    srpo) cfg=configs/srpo.yaml G=4 lr=1e-3 ;;
+    hybrid) cfg=configs/hybrid.yaml G=4 lr=1e-3 ;;
     *)
         echo "experiments.sh: unknown method '$1'" >&2
         exit 2
@@ -88,13 +89,15 @@ run_one() {
     local dr="$1" name="$2" t="$3" m="$4" seed="$5" lr_="$6"
     local dir="$dr/$name" log="$dr/logs/$name.log"
     recipe "$m"
+    # shellcheck disable=SC2206 # EXTRA: more --set words for every run (tune probes)
+    local more=(${EXTRA:-})
     # shellcheck disable=SC2046 # task_sets prints words meant to split
     local common=(--set "run.dir=$dr" --set "run.name=$name" --set "run.seed=$seed"
         --set "task.seed=$seed" --set "run.max_steps=$steps" --set "run.max_minutes=$minutes"
         --set "optimizer.lr=$lr_" --set "optimizer.warmup_steps=$warmup"
         --set optimizer.schedule=cosine --set optimizer.min_lr_ratio=0.1
         --set "model.student=models/student-$t" --set sampling.temperature=1
-        --set sampling.max_new_tokens=8 $(task_sets "$t"))
+        --set sampling.max_new_tokens=8 $(task_sets "$t") "${extra[@]}" "${more[@]}")
     rm -rf "$dir"
     mkdir -p "$dr/logs"
     local start rc=0
@@ -111,6 +114,7 @@ run_one() {
             --set "batch.size=$batch" --set "sampling.group_size=$G" \
             --set "actors.eval_every=$eval_every" --set actors.eval_size=256 \
             --set learner.checkpoint_every=0 --set learner.rollouts_every=50 \
+            --set teacher.external=2 \
             > "$log" 2>&1 || rc=$?
     fi
     echo "experiments: $name exit $rc after $(($(date +%s) - start)) s" >&2
@@ -196,7 +200,7 @@ tune() {
         m="${entry%%:*}"
         l="${entry#*:}"
         for x in ${l//,/ }; do
-            local name="addition-$m-lr$x"
+            local name="addition-$m-lr$x${TAG:-}"
             if is_done "$dr/$name" "$m"; then continue; fi
             run_one "$dr" "$name" addition "$m" 1 "$x"
         done
