@@ -261,6 +261,7 @@ int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
             }
             st.sequences++;
             st.tokens += q->L;
+            st.input_tokens += q->n;
         }
         s0 += B;
     }
@@ -274,6 +275,7 @@ int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
         stats->sequences += st.sequences, stats->tokens += st.tokens;
         stats->skipped += st.skipped, stats->too_long += st.too_long;
         stats->passes += st.passes, stats->padded_tokens += st.padded_tokens;
+        stats->input_tokens += st.input_tokens;
     }
     return 0;
 }

@@ -271,7 +271,7 @@ static void s_report(ap_teacher_t *t, double now) {
     ap_metrics_add(m, "teacher/dropped", (double)t->st.dropped);
     ap_metrics_add(m, "teacher/skipped", (double)t->ss.skipped);
     ap_metrics_add(m, "teacher/pad_frac",
-                   t->ss.padded_tokens ? 1.0 - (double)t->ss.tokens / (double)t->ss.padded_tokens
+                   t->ss.padded_tokens ? 1.0 - (double)t->ss.input_tokens / (double)t->ss.padded_tokens
                                        : 0.0);
     ap_metrics_add(m, "teacher/version_gen", t->st.version.gen);
     ap_metrics_add(m, "teacher/version_step", (double)t->st.version.step);

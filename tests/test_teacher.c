@@ -176,6 +176,11 @@ static void test_scoring(void) {
         s_report(cases[c].name, s_compare(m, g, &cases[c].p, s), s, &cases[c].p);
         if (cases[c].budget == 8)
             AP_CHECK(st.passes >= 4, "%ld passes with a budget of 8", st.passes);
+        if (c == 0) /* prompt 6, completions 1 7 3 12 5: inputs 6 12 8 17 10, one pass of 5 x 17 */
+            AP_CHECK(st.passes == 1 && st.input_tokens == 53 && st.padded_tokens == 85 &&
+                         st.tokens == 28,
+                     "stats: %ld passes, %ld input, %ld padded, %ld completion tokens", st.passes,
+                     st.input_tokens, st.padded_tokens, st.tokens);
         ap_msg_t msg = {.type = AP_MSG_SCORES, .u.scores = s};
         AP_CHECK(ap_msg_validate(&msg, NULL) == 0, "%s: not valid on the wire: %s", cases[c].name,
                  ap_errmsg());
@@ -197,7 +202,7 @@ static void test_scoring(void) {
     }
     printf("3 groups: %ld trajectories scored, %ld skipped (h = 0), %ld passes, padding %.0f%%\n",
            st.sequences, st.skipped, st.passes,
-           100.0 * (1 - (double)st.tokens / (double)AP_MAX(1, st.padded_tokens)));
+           100.0 * (1 - (double)st.input_tokens / (double)AP_MAX(1, st.padded_tokens)));
     AP_CHECK(st.skipped == 2 && st.sequences == 13, "stats: %ld skipped %ld scored", st.skipped,
              st.sequences);
     /* too long for the model: not present, counted */

@@ -80,6 +80,8 @@ typedef struct {
                            empty prefix, or prefix + completion longer than max_positions */
     long too_long;      /* of which: longer than the model's max_positions */
     long passes;        /* forward passes */
+    long input_tokens;  /* input positions of the scored trajectories (prefix + completion - 1
+                           each): the tokens computed that are not padding */
     long padded_tokens; /* B x T summed over passes (tokens computed, padding included) */
 } ap_teacher_score_stats_t;
 
