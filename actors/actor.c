@@ -2,7 +2,8 @@
  * evaluator, the simulated actor; weights swaps, the state file, metrics, and the run loops.
  *
  * A student group: one prompt from this actor's shard, G copies of it through ap_generate (the
- * identical prompts are prefilled once), each completion decoded up to <eos> and verified, each
+ * identical prompts are prefilled once; an actor holding credit for several groups samples up to
+ * S_PASS_SEQS / G of them in the same pass), each completion decoded up to <eos> and verified, each
  * trajectory's privileged context rendered with the whole group's rollouts (so {sibling} sees the
  * correct ones), all packed into one ap_group_t (columnar arrays, traj.h). Contexts longer than
  * the model can score together with the completion are dropped (h = 0, counted).
@@ -28,6 +29,11 @@
 
 #define S_STATE_INTERVAL 5.0 /* seconds between state-file writes */
 #define S_RNG_STREAM 0xac7000
+/* Sequences sampled together: an actor holding credit for several groups samples up to
+ * S_PASS_SEQS / G of them in one ap_generate pass (distinct prompts, G completions each), so a
+ * group of one trajectory is not a batch of one. */
+#define S_PASS_SEQS 32
+#define S_MAX_PASS_GROUPS 32
 
 static const char *s_mode_names[3] = {"student", "dataset", "eval"};
 
@@ -68,6 +74,7 @@ struct ap_actor {
     uint64_t table_hash;
     int max_positions; /* the student's: what the learner and self-teacher can score */
     int G;
+    int k_max; /* groups sampled together in one pass: S_PASS_SEQS / G, at least 1 */
     ap_sampling_t sp;
     ap_rng_t rng;
 
@@ -200,6 +207,7 @@ ap_actor_t *ap_actor_new(const ap_actor_opts_t *o) {
     a->sp.top_k = cfg->sampling.top_k;
     a->sp.top_p = (float)cfg->sampling.top_p;
     a->G = o->mode == AP_ACTOR_DATASET && !a->teacher_source ? 1 : cfg->sampling.group_size;
+    a->k_max = AP_MIN(S_MAX_PASS_GROUPS, AP_MAX(1, S_PASS_SEQS / a->G));
 
     if (!(a->task = ap_task_new(&cfg->task))) goto fail;
     if (!(a->tok = s_vocab(a))) goto fail;
@@ -236,7 +244,8 @@ ap_actor_t *ap_actor_new(const ap_actor_opts_t *o) {
         }
         a->table_hash = ap_learner_table_hash(a->model);
         if (o->mode != AP_ACTOR_EVAL &&
-            !(a->kv = ap_kv_new(a->model, a->G, AP_MIN(mc->max_positions, a->max_positions))))
+            !(a->kv = ap_kv_new(a->model, a->G * a->k_max,
+                                AP_MIN(mc->max_positions, a->max_positions))))
             goto fail;
     }
     if (o->mode == AP_ACTOR_EVAL) {
@@ -331,29 +340,23 @@ static uint64_t s_group_id(ap_actor_t *a) {
     return id;
 }
 
-/* Completions of the group: from the model, or random (simulate). Arrays [G]; tokens/logprobs
- * point into `kv` or into `scratch` (simulate). */
-static int s_complete(ap_actor_t *a, const int32_t *prompt, int np, ap_completion_t *out,
-                      int32_t *scratch, float *lscratch) {
-    const int G = a->G, max_new = a->cfg->sampling.max_new_tokens;
-    if (!a->simulate) {
-        const int32_t **pp = ap_malloc((size_t)G * sizeof *pp);
-        int *lens = ap_malloc((size_t)G * sizeof *lens);
-        for (int i = 0; i < G; i++)
-            pp[i] = prompt, lens[i] = np;
-        int rc = ap_generate(a->kv, out, (const int32_t *const *)pp, lens, G, max_new,
-                             ap_tokenizer_eos(a->tok), &a->sp, &a->rng);
-        free(pp), free(lens);
-        return rc;
-    }
-    const int V = ap_tokenizer_vocab_size(a->tok),
-              room = AP_MAX(1, AP_MIN(max_new, a->max_positions - np));
+/* Completions of S sequences (prompts[i], lens[i]): from the model in one batched KV-cached
+ * pass, or random (simulate). out [S]; tokens/logprobs point into `kv` or into `scratch` /
+ * `lscratch` ([S * room]). */
+static int s_complete(ap_actor_t *a, const int32_t *const *prompts, const int *lens, int S,
+                      ap_completion_t *out, int32_t *scratch, float *lscratch, int room) {
+    const int max_new = a->cfg->sampling.max_new_tokens;
+    if (!a->simulate)
+        return ap_generate(a->kv, out, prompts, lens, S, max_new, ap_tokenizer_eos(a->tok), &a->sp,
+                           &a->rng);
+    const int V = ap_tokenizer_vocab_size(a->tok);
     const int32_t eos = ap_tokenizer_eos(a->tok);
-    for (int i = 0; i < G; i++) {
+    for (int i = 0; i < S; i++) {
+        int r = AP_MAX(1, AP_MIN(room, a->max_positions - lens[i]));
         int32_t *y = scratch + (size_t)i * room;
         float *lp = lscratch + (size_t)i * room;
-        int n = 1 + (int)ap_rng_below(&a->rng, (uint64_t)room);
-        int trunc = n == room && ap_rng_below(&a->rng, 2);
+        int n = 1 + (int)ap_rng_below(&a->rng, (uint64_t)r);
+        int trunc = n == r && ap_rng_below(&a->rng, 2);
         for (int t = 0; t < n; t++) {
             y[t] = 3 + (int32_t)ap_rng_below(&a->rng, (uint64_t)AP_MAX(V - 3, 1));
             if (y[t] >= V) y[t] = V - 1;
@@ -368,53 +371,46 @@ static int s_complete(ap_actor_t *a, const int32_t *prompt, int np, ap_completio
     return 0;
 }
 
-static ap_group_t *s_student_group(ap_actor_t *a) {
+/* The next training prompt of this actor's shard that fits the model: 0 with *ex filled and
+ * *prompt (caller frees) of *np tokens, or -1 (ap_err). */
+static int s_draw_prompt(ap_actor_t *a, ap_example_t *ex, int32_t **prompt, int *np) {
+    const int limit = AP_MIN(a->max_positions, a->kv ? ap_kv_max_len(a->kv) : a->max_positions);
+    for (int tries = 0; tries < 100; tries++) {
+        ap_example_clear(ex);
+        ap_task_sampler_next(a->sampler, ex);
+        if (!(*prompt = ap_task_encode_prompt(a->task, a->tok, ex, np))) {
+            ap_example_clear(ex);
+            return -1; /* a character outside the vocabulary: checked at start-up, a bug */
+        }
+        if (*np + 1 <= limit) return 0;
+        a->st.prompts_skipped++;
+        free(*prompt);
+        *prompt = NULL;
+    }
+    ap_example_clear(ex);
+    return ap_err("%s: 100 prompts in a row are too long for the model", a->name);
+}
+
+/* One group from example `ex`, its prompt, and its G completions `out`: verdicts, privileged
+ * contexts (h), version and ids. NULL with ap_err on failure. */
+static ap_group_t *s_build_group(ap_actor_t *a, const ap_example_t *ex, int64_t item,
+                                 const int32_t *prompt, int np, const ap_completion_t *out) {
     const int G = a->G, on = a->mode == AP_ACTOR_STUDENT;
-    ap_example_t ex = {0};
-    int np = 0;
-    int32_t *prompt = NULL;
-    for (int tries = 0; tries < 100 && !prompt; tries++) {
-        ap_example_clear(&ex);
-        ap_task_sampler_next(a->sampler, &ex);
-        prompt = ap_task_encode_prompt(a->task, a->tok, &ex, &np);
-        if (!prompt) {
-            ap_example_clear(&ex);
-            return NULL; /* a character outside the vocabulary: checked at start-up, a bug */
-        }
-        if (np + 1 > AP_MIN(a->max_positions, a->kv ? ap_kv_max_len(a->kv) : a->max_positions)) {
-            a->st.prompts_skipped++;
-            free(prompt);
-            prompt = NULL;
-        }
-    }
-    if (!prompt) {
-        ap_err("%s: 100 prompts in a row are too long for the model", a->name);
-        ap_example_clear(&ex);
-        return NULL;
-    }
-    const int room = AP_MAX(1, AP_MIN(a->cfg->sampling.max_new_tokens, a->max_positions - np));
-    ap_completion_t *out = ap_malloc((size_t)G * sizeof *out);
-    int32_t *scratch = a->simulate ? ap_malloc((size_t)G * room * sizeof *scratch) : NULL;
-    float *lscratch = a->simulate ? ap_malloc((size_t)G * room * sizeof *lscratch) : NULL;
     char **text = ap_calloc((size_t)G, sizeof *text);
     ap_verdict_t *vd = ap_malloc((size_t)G * sizeof *vd);
     ap_task_rollout_t *ro = ap_malloc((size_t)G * sizeof *ro);
     int32_t **ctx = ap_calloc((size_t)G, sizeof *ctx);
     int *ctx_len = ap_calloc((size_t)G, sizeof *ctx_len), *len = ap_malloc((size_t)G * sizeof *len);
     ap_group_t *g = NULL;
-    if (s_complete(a, prompt, np, out, scratch, lscratch) < 0) {
-        ap_err("%s: sampling: %s", a->name, ap_errmsg());
-        goto done;
-    }
     for (int i = 0; i < G; i++) {
         if (!(text[i] = ap_tokenizer_decode(a->tok, out[i].tokens, out[i].n, AP_TOK_STOP_EOS)))
             goto done;
-        ap_task_verify(a->task, &ex, text[i], &vd[i]);
+        ap_task_verify(a->task, ex, text[i], &vd[i]);
         ro[i] = (ap_task_rollout_t){text[i], vd[i].correct, vd[i].feedback};
         len[i] = out[i].n;
     }
     for (int i = 0; on && i < G; i++) {
-        int h = ap_task_encode_privileged(a->task, a->tok, &ex, ro, G, i, &ctx[i], &ctx_len[i]);
+        int h = ap_task_encode_privileged(a->task, a->tok, ex, ro, G, i, &ctx[i], &ctx_len[i]);
         if (h < 0) goto done;
         if (h &&
             ctx_len[i] + len[i] - 1 > a->max_positions) { /* the self-teacher cannot score it */
@@ -429,10 +425,8 @@ static ap_group_t *s_student_group(ap_actor_t *a) {
     g->version = on ? a->st.version : (ap_version_t){0, 0};
     g->actor_id = a->id;
     g->temperature = a->sp.temperature;
-    ap_task_cursor_t c;
-    ap_task_sampler_cursor(a->sampler, &c);
-    g->item_id = c.drawn - 1;
-    char *ptext = ap_task_render_prompt(a->task, &ex);
+    g->item_id = item;
+    char *ptext = ap_task_render_prompt(a->task, ex);
     ap_group_set_prompt_text(g, ptext);
     free(ptext);
     memcpy(g->prompt, prompt, (size_t)np * sizeof *prompt);
@@ -449,10 +443,54 @@ static ap_group_t *s_student_group(ap_actor_t *a) {
 done:
     for (int i = 0; i < G; i++)
         free(text[i]), free(ctx[i]);
-    free(text), free(vd), free(ro), free(ctx), free(ctx_len), free(len), free(out);
-    free(scratch), free(lscratch), free(prompt);
-    ap_example_clear(&ex);
+    free(text), free(vd), free(ro), free(ctx), free(ctx_len), free(len);
     return g;
+}
+
+/* k groups of G sampled completions (k distinct prompts) in one batched pass: k * G sequences
+ * through ap_generate, so that small groups still keep the GEMMs fed (a group of one is a
+ * batch of one otherwise). groups[k] receives them. 0, or -1 with ap_err (none made). */
+static int s_student_groups(ap_actor_t *a, int k, ap_group_t **groups) {
+    const int G = a->G, S = k * G;
+    AP_ASSERT(k >= 1 && (!a->kv || S <= ap_kv_max_seqs(a->kv)));
+    ap_example_t *ex = ap_calloc((size_t)k, sizeof *ex);
+    int32_t **prompt = ap_calloc((size_t)k, sizeof *prompt);
+    int *np = ap_calloc((size_t)k, sizeof *np), *lens = ap_malloc((size_t)S * sizeof *lens);
+    int64_t *item = ap_malloc((size_t)k * sizeof *item);
+    const int32_t **pp = ap_malloc((size_t)S * sizeof *pp);
+    ap_completion_t *out = ap_malloc((size_t)S * sizeof *out);
+    const int room = AP_MAX(1, a->cfg->sampling.max_new_tokens);
+    int32_t *scratch = a->simulate ? ap_malloc((size_t)S * room * sizeof *scratch) : NULL;
+    float *lscratch = a->simulate ? ap_malloc((size_t)S * room * sizeof *lscratch) : NULL;
+    int rc = -1, made = 0;
+    for (int j = 0; j < k; j++) {
+        if (s_draw_prompt(a, &ex[j], &prompt[j], &np[j]) < 0) goto done;
+        ap_task_cursor_t c;
+        ap_task_sampler_cursor(a->sampler, &c);
+        item[j] = c.drawn - 1;
+        for (int i = 0; i < G; i++)
+            pp[j * G + i] = prompt[j], lens[j * G + i] = np[j];
+    }
+    if (s_complete(a, pp, lens, S, out, scratch, lscratch, room) < 0) {
+        ap_err("%s: sampling: %s", a->name, ap_errmsg());
+        goto done;
+    }
+    for (made = 0; made < k; made++)
+        if (!(groups[made] =
+                  s_build_group(a, &ex[made], item[made], prompt[made], np[made], out + made * G)))
+            goto done;
+    rc = 0;
+done:
+    if (rc < 0)
+        for (int j = 0; j < made; j++)
+            ap_group_destroy(&groups[j]);
+    for (int j = 0; j < k; j++) {
+        free(prompt[j]);
+        ap_example_clear(&ex[j]);
+    }
+    free(ex), free(prompt), free(np), free(lens), free(item), free(pp), free(out), free(scratch);
+    free(lscratch);
+    return rc;
 }
 
 /* A gold completion: <bos> prompt | completion <eos> as the task renders it. */
@@ -496,30 +534,45 @@ static ap_group_t *s_gold_group(ap_actor_t *a) {
     return NULL;
 }
 
-ap_group_t *ap_actor_make_group(ap_actor_t *a) {
-    if (a->mode == AP_ACTOR_EVAL) {
-        ap_err("%s: an evaluator makes no groups", a->name);
-        return NULL;
-    }
+/* Up to k groups into groups[] (the same source as ap_actor_make_group), counted in the stats.
+ * Returns how many were made (k), or -1 with ap_err. */
+static int s_make_groups(ap_actor_t *a, int k, ap_group_t **groups) {
+    if (a->mode == AP_ACTOR_EVAL) return ap_err("%s: an evaluator makes no groups", a->name);
     double t0 = ap_now();
-    ap_group_t *g =
-        a->mode == AP_ACTOR_DATASET && !a->teacher_source ? s_gold_group(a) : s_student_group(a);
+    int made = 0;
+    if (a->mode == AP_ACTOR_DATASET && !a->teacher_source) {
+        for (; made < k; made++)
+            if (!(groups[made] = s_gold_group(a))) break;
+        if (made < k) {
+            while (made > 0) ap_group_destroy(&groups[--made]);
+            made = -1;
+        }
+    } else {
+        made = s_student_groups(a, AP_MIN(k, a->k_max), groups) == 0 ? AP_MIN(k, a->k_max) : -1;
+    }
     double dt = ap_now() - t0;
     a->st.busy_s += dt;
     a->win.busy += dt;
-    if (!g) return NULL;
-    a->st.groups++;
-    a->win.groups++;
-    for (int i = 0; i < g->G; i++) {
-        int len = g->offset[i + 1] - g->offset[i];
-        a->st.trajectories++, a->win.traj++;
-        a->st.tokens += len, a->win.tokens += len;
-        a->st.correct += g->correct[i], a->win.correct += g->correct[i];
-        a->st.with_context += ap_group_has_ctx(g, i), a->win.ctx += ap_group_has_ctx(g, i);
-        a->win.truncated += g->finish[i] == AP_FINISH_LENGTH;
-        a->win.reward += g->reward[i];
+    for (int j = 0; j < made; j++) {
+        const ap_group_t *g = groups[j];
+        a->st.groups++;
+        a->win.groups++;
+        for (int i = 0; i < g->G; i++) {
+            int len = g->offset[i + 1] - g->offset[i];
+            a->st.trajectories++, a->win.traj++;
+            a->st.tokens += len, a->win.tokens += len;
+            a->st.correct += g->correct[i], a->win.correct += g->correct[i];
+            a->st.with_context += ap_group_has_ctx(g, i), a->win.ctx += ap_group_has_ctx(g, i);
+            a->win.truncated += g->finish[i] == AP_FINISH_LENGTH;
+            a->win.reward += g->reward[i];
+        }
     }
-    return g;
+    return made;
+}
+
+ap_group_t *ap_actor_make_group(ap_actor_t *a) {
+    ap_group_t *g = NULL;
+    return s_make_groups(a, 1, &g) == 1 ? g : NULL;
 }
 
 /* ---- the loops ---------------------------------------------------------------------------- */
@@ -659,17 +712,21 @@ static int s_run_groups(ap_actor_t *a) {
             continue;
         }
         s_idle(a, t0);
-        ap_group_t *g = ap_actor_make_group(a);
-        if (!g) {
+        int k = AP_MAX(1, AP_MIN(ap_actor_link_available(a->link), a->k_max));
+        ap_group_t *groups[S_MAX_PASS_GROUPS];
+        int made = s_make_groups(a, k, groups);
+        if (made < 0) {
             rc = -1;
             break;
         }
-        if (a->simulate && a->mode == AP_ACTOR_STUDENT) {
-            g->version = latest;
-            a->st.version = latest;
+        for (int j = 0; j < made; j++) {
+            if (a->simulate && a->mode == AP_ACTOR_STUDENT) {
+                groups[j]->version = latest;
+                a->st.version = latest;
+            }
+            ap_actor_link_send(a->link, &groups[j]);
+            a->st.groups_sent++;
         }
-        ap_actor_link_send(a->link, &g);
-        a->st.groups_sent++;
     }
     s_metrics(a, 1);
     if (s_state_save(a) < 0) ap_log(AP_LOG_WARN, "%s: state: %s", a->name, ap_errmsg());

@@ -258,6 +258,13 @@ int ap_actor_link_wait_credit(ap_actor_link_t *l, double timeout_s) {
     return ok;
 }
 
+int ap_actor_link_available(ap_actor_link_t *l) {
+    pthread_mutex_lock(&l->mu);
+    long n = l->credit - l->queued;
+    pthread_mutex_unlock(&l->mu);
+    return n > 0 ? (int)AP_MIN(n, (long)INT32_MAX) : 0;
+}
+
 void ap_actor_link_send(ap_actor_link_t *l, ap_group_t **g) {
     s_item_t *it = ap_calloc(1, sizeof *it);
     it->g = *g;

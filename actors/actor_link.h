@@ -47,6 +47,9 @@ ap_actor_link_t *ap_actor_link_new(ap_net_t *net,
 void ap_actor_link_destroy(ap_actor_link_t **l);
 /* 1 when a credit is available beyond the queued groups (waits up to timeout_s), else 0. */
 int ap_actor_link_wait_credit(ap_actor_link_t *l, double timeout_s);
+/* Credit available beyond the queued groups now (0 when none): how many groups the caller may
+ * make before it sends them. */
+int ap_actor_link_available(ap_actor_link_t *l);
 /* Queue *g for sending (ownership moves; *g = NULL). Sequence numbers are assigned here. */
 void ap_actor_link_send(ap_actor_link_t *l, ap_group_t **g);
 /* Newest learner version a CREDIT named ({0,0} before any). */

@@ -282,7 +282,7 @@ void ap_config_defaults(ap_config_t *c) {
                                     .rollouts_per_step = 4, .prefetch = 2};
     c->buffer = (ap_buffer_cfg_t){.max_staleness = 4, .max_reuse = 1,
                                   .reuse_order = AP_REUSE_NEWEST, .capacity_groups = 256,
-                                  .actor_credit = 2, .teacher_credit = 4,
+                                  .actor_credit = 16, .teacher_credit = 16,
                                   .teacher_timeout_ms = 10000, .max_retries = 3,
                                   .heartbeat_ms = 1000};
     c->teacher = (ap_teacher_cfg_t){.external = 1, .self = 1, .reference = 1, .top_k = 32,
