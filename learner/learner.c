@@ -586,6 +586,7 @@ static void s_add_metrics(ap_learner_t *L, const ap_learner_step_t *st) {
         ap_metrics_add(m, "learner/batches_received", L->io_received);
         ap_metrics_add(m, "learner/resets", L->io_resets);
         ap_metrics_add(m, "learner/late_parts", L->io_late);
+        ap_metrics_add(m, "learner/publish_superseded", L->io_superseded);
         ap_metrics_add(m, "learner/bad_parts", L->io_bad);
         ap_metrics_add(m, "learner/rejected", L->io_rejected);
     }

@@ -55,6 +55,7 @@ struct ap_learner {
     double wait_acc;                              /* seconds waiting for a batch since then */
     double io_acc;                                /* I/O thread busy seconds since then (service) */
     long io_received, io_resets, io_late, io_bad; /* service: batches, RESETs, parts dropped */
+    long io_superseded; /* service: staged versions superseded before publication */
     long io_rejected;                             /* service: messages the codec refused */
     ap_ratelimit_t rl;                            /* skipped-batch warnings */
 

@@ -9,14 +9,17 @@
  * while a step computes). The threads meet in a small mailbox under one mutex: a queue of
  * complete batches (I/O -> compute), and the learner's version and publication requests
  * (compute -> I/O, with an ev_async wake-up). A publication costs the compute thread at most one
- * memcpy of the arena: the parameters are copied into a staging buffer by whichever thread gets
+ * memcpy of the arena, and never waits for an earlier publication: two staging slots, one being
+ * published (packed, hashed, served by ap_wserver_publish on the I/O thread) while the other
+ * takes the next version. The parameters are copied into the free slot by whichever thread gets
  * there first: the I/O thread, while the next batch's forward and backward only read them, or
  * the compute thread itself when the next optimizer update is due (the learner's before_update
- * hook) and the I/O thread has not been scheduled yet. Hashing and serving (ap_wserver_publish)
- * then run on the I/O thread from the staging copy, off the critical path. Measured: waiting for
- * the I/O thread's copy + BLAKE2b instead cost 12% of a 15 ms step when both cores were saturated
- * (bench pipeline, async). Any wait is counted as transport time; the I/O thread's work is
- * learner/io_s.
+ * hook) and the I/O thread has not been scheduled yet. A version staged but not yet published
+ * when a newer one is due is superseded by it (counted: learner/publish_superseded): actors
+ * want the newest. Measured (bench pipeline, async, both cores saturated): waiting for the I/O
+ * thread's copy + BLAKE2b cost 12% of a 15 ms step; waiting for the previous publication to
+ * finish, 10-30% of a 10 ms step. Any wait is counted as transport time; the I/O thread's work
+ * is learner/io_s.
  *
  * Sync mode (run.sync): one batch at a time: the next BATCH_REQUEST leaves only after the step
  * and the publication of its version (published every step, whatever learner.sync_every says:
@@ -37,9 +40,17 @@
 #define S_MAX_PARTS 4096 /* parts of one batch accepted */
 #define S_MAX_MSG ((size_t)256 << 20)
 
-/* The arena copy of a publication: requested by the compute thread, claimed by the first thread
- * to get there, done when the parameters may change again. */
-enum { S_STAGE_DONE = 0, S_STAGE_WANTED = 1, S_STAGE_COPYING = 2 };
+/* A staging slot's life: FREE -> WANTED (compute: publish this version) -> COPYING (the first
+ * thread to get there copies the arena) -> STAGED -> PUBLISHING (I/O thread) -> FREE. At most one
+ * slot is pending (WANTED, COPYING or STAGED) and at most one PUBLISHING. */
+enum { S_SLOT_FREE, S_SLOT_WANTED, S_SLOT_COPYING, S_SLOT_STAGED, S_SLOT_PUBLISHING };
+
+typedef struct {
+    int state;            /* S_SLOT_* */
+    ap_version_t version; /* the version this slot publishes */
+    float *buf;           /* the arena copy (touched only by the thread that set COPYING) */
+    size_t bytes, cap;
+} s_slot_t;
 
 typedef struct {
     uint64_t id;       /* request id */
@@ -64,14 +75,10 @@ typedef struct {
     pthread_cond_t cv;
     int quit;       /* compute -> I/O: send BYE and leave */
     int dead;       /* the I/O thread has left */
-    int publish;    /* compute -> I/O: publish the staged arena as `pub_version` (1 while the
-                       publication, staging included, is not finished) */
-    int stage_state; /* S_STAGE_*: who copies the arena into `stage` for the publication */
-    float *stage;    /* [stage_floats] the arena being published (guarded by stage_state) */
-    size_t stage_bytes;
-    int publish_rc; /* result of the last publication (-1: publish_err) */
+    s_slot_t slot[2]; /* publications: one being published, one being staged */
+    long superseded;  /* staged versions replaced by a newer one before publication */
+    int publish_rc;   /* result of the last failed publication (-1: publish_err) */
     char publish_err[256];
-    ap_version_t pub_version;
     ap_version_t version; /* the learner's version (requests, heartbeats, codec) */
     int computing;        /* sync: a batch is being computed (occupies the one slot) */
     ap_batch_t *ready[S_MAX_READY];
@@ -298,7 +305,9 @@ static void s_on_prep(struct ev_loop *loop, ev_prepare *w, int revents) {
     }
 }
 
-static void s_stage_copy(s_io_t *io);
+static void s_stage_copy(s_io_t *io, s_slot_t *s);
+static s_slot_t *s_slot_in(s_io_t *io, int state);
+static s_slot_t *s_pending(s_io_t *io);
 
 static void s_on_wake(struct ev_loop *loop, ev_async *w, int revents) {
     (void)revents;
@@ -306,18 +315,23 @@ static void s_on_wake(struct ev_loop *loop, ev_async *w, int revents) {
     ap_learner_t *L = io->L;
     pthread_mutex_lock(&io->mu);
     ap_msg_codec_set_latest(ap_sock_codec(io->sock), io->version);
-    if (io->publish) {
-        ap_version_t v = io->pub_version;
-        if (io->stage_state == S_STAGE_WANTED) s_stage_copy(io); /* releases and retakes mu */
-        while (io->stage_state != S_STAGE_DONE) /* the compute thread is copying */
+    s_slot_t *s;
+    while ((s = s_pending(io))) { /* publish the pending version (a newer one may follow) */
+        if (s->state == S_SLOT_WANTED) s_stage_copy(io, s); /* releases and retakes mu */
+        while (s->state == S_SLOT_COPYING) /* the compute thread is copying */
             pthread_cond_wait(&io->cv, &io->mu);
+        if (s->state != S_SLOT_STAGED) continue; /* superseded meanwhile: WANTED again */
+        s->state = S_SLOT_PUBLISHING;
+        ap_version_t v = s->version;
         pthread_mutex_unlock(&io->mu);
-        int rc = ap_wserver_publish(io->ws, v, ap_model_config(L->model), L->table_hash,
-                                    io->stage, io->stage_bytes);
+        int rc = ap_wserver_publish(io->ws, v, ap_model_config(L->model), L->table_hash, s->buf,
+                                    s->bytes);
         pthread_mutex_lock(&io->mu);
-        io->publish_rc = rc;
-        if (rc < 0) snprintf(io->publish_err, sizeof io->publish_err, "%s", ap_errmsg());
-        io->publish = 0;
+        if (rc < 0) {
+            io->publish_rc = rc;
+            snprintf(io->publish_err, sizeof io->publish_err, "%s", ap_errmsg());
+        }
+        s->state = S_SLOT_FREE;
         pthread_cond_broadcast(&io->cv);
     }
     int quit = io->quit;
@@ -367,7 +381,8 @@ static void s_io_destroy(s_io_t *io) {
     if (io->loop) ev_loop_destroy(io->loop);
     pthread_mutex_destroy(&io->mu);
     pthread_cond_destroy(&io->cv);
-    free(io->stage);
+    for (int i = 0; i < 2; i++)
+        free(io->slot[i].buf);
     free(io);
 }
 
@@ -438,44 +453,64 @@ fail:
     return NULL;
 }
 
-/* Copy the arena into the staging buffer (called with mu held and stage_state WANTED, by
- * either thread; mu is released during the copy and held again on return). */
-static void s_stage_copy(s_io_t *io) {
-    io->stage_state = S_STAGE_COPYING;
+static s_slot_t *s_slot_in(s_io_t *io, int state) {
+    for (int i = 0; i < 2; i++)
+        if (io->slot[i].state == state) return &io->slot[i];
+    return NULL;
+}
+
+/* The slot waiting to be published (WANTED, COPYING or STAGED), or NULL. */
+static s_slot_t *s_pending(s_io_t *io) {
+    for (int i = 0; i < 2; i++) {
+        int st = io->slot[i].state;
+        if (st == S_SLOT_WANTED || st == S_SLOT_COPYING || st == S_SLOT_STAGED)
+            return &io->slot[i];
+    }
+    return NULL;
+}
+
+/* Copy the arena into slot s (called with mu held and s WANTED, by either thread; mu is
+ * released during the copy and held again on return). */
+static void s_stage_copy(s_io_t *io, s_slot_t *s) {
+    s->state = S_SLOT_COPYING;
     pthread_mutex_unlock(&io->mu);
     size_t bytes;
     const void *arena = ap_model_blob(io->L->model, &bytes);
-    if (bytes > io->stage_bytes) { /* only this thread touches stage while COPYING */
-        free(io->stage);
-        io->stage = ap_alloc_aligned(bytes);
+    if (bytes > s->cap) { /* only this thread touches the slot while COPYING */
+        free(s->buf);
+        s->buf = ap_alloc_aligned(bytes);
+        s->cap = bytes;
     }
-    memcpy(io->stage, arena, bytes);
-    io->stage_bytes = bytes;
+    memcpy(s->buf, arena, bytes);
+    s->bytes = bytes;
     pthread_mutex_lock(&io->mu);
-    io->stage_state = S_STAGE_DONE;
+    s->state = S_SLOT_STAGED;
     pthread_cond_broadcast(&io->cv);
 }
 
-/* The learner's before_update hook: the parameters may change once they are staged; copy them
- * here if the I/O thread has not started. 0, or -1 when the I/O thread has stopped. */
+/* The learner's before_update hook: the parameters may change once the pending version is
+ * staged; copy it here if the I/O thread has not started. 0, or -1 when the I/O thread has
+ * stopped in the middle of a copy (it cannot: the copy is one callback). */
 static int s_stage_wait(s_io_t *io) {
     pthread_mutex_lock(&io->mu);
-    if (io->stage_state == S_STAGE_WANTED) s_stage_copy(io);
-    while (io->stage_state != S_STAGE_DONE && !io->dead)
+    s_slot_t *s = s_slot_in(io, S_SLOT_WANTED);
+    if (s) s_stage_copy(io, s);
+    while (s_slot_in(io, S_SLOT_COPYING) && !io->dead)
         pthread_cond_wait(&io->cv, &io->mu);
-    int rc = io->stage_state != S_STAGE_DONE ? ap_err("learner: the I/O thread has stopped") : 0;
+    int rc = s_slot_in(io, S_SLOT_COPYING) ? ap_err("learner: the I/O thread has stopped") : 0;
     pthread_mutex_unlock(&io->mu);
     return rc;
 }
 
-/* Wait until no publication is in progress. 0, or -1 when the last one failed. */
+/* Wait until every publication is finished. 0, or -1 when one failed or the I/O thread left. */
 static int s_publish_wait(s_io_t *io) {
     pthread_mutex_lock(&io->mu);
-    while (io->publish && !io->dead)
+    int busy;
+    while ((busy = s_pending(io) || s_slot_in(io, S_SLOT_PUBLISHING)) && !io->dead)
         pthread_cond_wait(&io->cv, &io->mu);
-    int rc = io->publish && io->dead ? ap_err("learner: the I/O thread has stopped")
-             : io->publish_rc < 0    ? ap_err("learner: publish: %s", io->publish_err)
-                                     : 0;
+    int rc = busy                 ? ap_err("learner: the I/O thread has stopped")
+             : io->publish_rc < 0 ? ap_err("learner: publish: %s", io->publish_err)
+                                  : 0;
     io->publish_rc = 0;
     pthread_mutex_unlock(&io->mu);
     return rc;
@@ -485,15 +520,27 @@ static int s_before_update(void *data) {
     return s_stage_wait(data);
 }
 
-/* Publish L->version: the I/O thread copies the arena before the next update. 0 / -1 (the
- * previous publication failed). */
+/* Publish L->version: the arena is copied before the next update (by the I/O thread or by the
+ * before_update hook), then packed, hashed and served by the I/O thread. Never waits for an
+ * earlier publication; a staged version not yet published is superseded. 0, or -1 when an
+ * earlier publication failed. */
 static int s_publish(s_io_t *io) {
-    if (s_publish_wait(io) < 0) return -1;
     pthread_mutex_lock(&io->mu);
+    if (io->publish_rc < 0) {
+        io->publish_rc = 0;
+        pthread_mutex_unlock(&io->mu);
+        return ap_err("learner: publish: %s", io->publish_err);
+    }
+    while (s_slot_in(io, S_SLOT_COPYING) && !io->dead) /* a memcpy: let it finish */
+        pthread_cond_wait(&io->cv, &io->mu);
+    s_slot_t *s = s_pending(io);
+    if (s)
+        io->superseded++;
+    else
+        s = s_slot_in(io, S_SLOT_FREE); /* one slot at most is PUBLISHING: the other is free */
+    s->version = io->L->version;
+    s->state = S_SLOT_WANTED;
     io->version = io->L->version;
-    io->pub_version = io->L->version;
-    io->publish = 1;
-    io->stage_state = S_STAGE_WANTED;
     pthread_mutex_unlock(&io->mu);
     ev_async_send(io->loop, &io->wake);
     return 0;
@@ -529,6 +576,7 @@ static void s_step_done(s_io_t *io) {
     io->io_busy = 0;
     io->L->io_received = io->received, io->L->io_resets = io->resets;
     io->L->io_late = io->late, io->L->io_bad = io->bad_parts, io->L->io_rejected = io->rejected;
+    io->L->io_superseded = io->superseded;
     pthread_mutex_unlock(&io->mu);
     ev_async_send(io->loop, &io->wake);
 }
