@@ -48,7 +48,7 @@ void ap_obj_grpo_defaults(ap_grpo_config_t *c) {
 
 void ap_obj_opsd_defaults(ap_opsd_config_t *c) {
     s_common(&c->c);
-    c->beta = 0.0, c->tau = 1.0, c->support = AP_SUPPORT_AUTO, c->clip_token_kl = 0.05;
+    c->beta = 0.0, c->tau = 1.0, c->support = AP_SUPPORT_AUTO, c->clip_token_kl = INFINITY;
 }
 
 void ap_obj_srpo_defaults(ap_srpo_config_t *c) {

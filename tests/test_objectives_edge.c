@@ -230,6 +230,43 @@ static void s_srpo_degenerate(void) {
     fx_free(&f);
 }
 
+/* OPSD's pointwise clip (ALGORITHMS.md) replaces a bin's e[v] by min(e[v], c): a clipped bin has
+ * no gradient of its own, and through the softmax the unclipped bins then push every logit up
+ * in proportion to Q: dL/dz_a = Q(a) * sum over unclipped bins of P(v) > 0 for a clipped bin a.
+ * Where the self-teacher is confident in a token the student finds unlikely (the informative
+ * case), gradient descent lowers that token's logit: the experiments' OPSD runs collapsed to ~2%
+ * this way (docs/RESULTS.md). The default is therefore no clip; with it, descent raises the
+ * teacher's token. One position, V = 12, self-teacher 0.87 on token 5, student 0.02 there. */
+static void s_opsd_clip_direction(void) {
+    fx_t f;
+    const int V = 12, a = 5;
+    fx_init(&f, 1, 1, V, 3, 1, 12);
+    for (int v = 0; v < V; v++) f.sz[v] = v == a ? 4.5f : 0.0f, f.logits[v] = v == a ? -1.5f : 0.0f;
+    fx_temperatures(&f, 1.0, 1.0);
+    f.mask[0] = 1, f.has_teacher[0] = 1, f.correct[0] = 0, f.reward[0] = 0, f.tokens[0] = 0;
+    fx_refresh_lpt(&f, 1.0);
+    f.behavior[0] = f.lpt[0];
+    ap_obj_config_t c;
+    ap_obj_config_defaults(&c);
+    c.opsd.c.enabled = 1;
+    AP_CHECK(isinf(c.opsd.clip_token_kl), "opsd: clip_token_kl defaults to off, got %g",
+             c.opsd.clip_token_kl);
+    const double clips[3] = {0.05, 0.5, INFINITY};
+    double ga[3];
+    for (int i = 0; i < 3; i++) {
+        c.opsd.clip_token_kl = clips[i];
+        float *g;
+        s_run(&c, &f, &g, NULL, NULL);
+        ga[i] = g[a];
+        free(g);
+    }
+    printf("opsd dL/dz[teacher's token]: clip 0.05 %+.4f, clip 0.5 %+.4f, no clip %+.4f\n", ga[0],
+           ga[1], ga[2]);
+    AP_CHECK(ga[0] > 0 && ga[1] > 0, "a clipped informative bin: descent lowers the teacher's token");
+    AP_CHECK(ga[2] < -0.5, "no clip: descent raises the teacher's token (%g)", ga[2]);
+    fx_free(&f);
+}
+
 static void s_nonfinite(void) {
     for (int topk = 0; topk < 2; topk++)
         for (int self = 0; self < 2; self++) {
@@ -425,6 +462,7 @@ int main(void) {
     s_k_ge_v();
     s_tail_floor();
     s_srpo_degenerate();
+    s_opsd_clip_direction();
     s_nonfinite();
     s_microbatch();
     s_refusals();
