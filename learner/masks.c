@@ -144,12 +144,14 @@ int ap_masks_build(float *mask, float *reward, float *rep, const ap_masks_config
         ap_monitors_set(mon, "mask/repetitive_frac", NT > 0 ? n_rep / NT : 0);
         ap_monitors_set(mon, "mask/kept_frac", NT > 0 ? n_kept / NT : 0);
         ap_monitors_set(mon, "mask/bad_length", bad_len);
-        ap_monitors_set(mon, "len/mean", n_on ? len_sum / n_on : 0);
-        ap_monitors_set(mon, "len/trunc_rate", rate);
-        ap_monitors_set(mon, "rep/mean", n_on ? rep_sum / n_on : 0);
-        ap_monitors_set(mon, "rep/over_max", n_rep_traj);
-        if (c->truncated == AP_TRUNC_PENALIZE)
-            ap_monitors_set(mon, "len/overlong_penalty_mean", n_on ? pen_sum / n_on : 0);
+        if (n_on) { /* on-policy monitors: absent (not 0) for a batch of dataset rows only */
+            ap_monitors_set(mon, "len/mean", len_sum / n_on);
+            ap_monitors_set(mon, "len/trunc_rate", rate);
+            ap_monitors_set(mon, "rep/mean", rep_sum / n_on);
+            ap_monitors_set(mon, "rep/over_max", n_rep_traj);
+            if (c->truncated == AP_TRUNC_PENALIZE)
+                ap_monitors_set(mon, "len/overlong_penalty_mean", pen_sum / n_on);
+        }
         ap_monitors_set(mon, "batch/skipped_truncation", skip);
     }
     return skip;

@@ -103,6 +103,15 @@ static void s_build(void) {
     AP_CHECK(ap_masks_build(m, NULL, NULL, &c, &in, &mon) == 0, "rate 1/2 does not skip");
     AP_CHECK_NEAR(ap_monitors_get(&mon, "len/trunc_rate", NAN), 0.5, 1e-12, 0, "on-policy rate");
     AP_CHECK(m[1 * T] == 1 && m[2 * T] == 1, "dataset trajectories are not masked as truncated");
+    /* Dataset rows only (supervised KD): no on-policy monitor, not a length of 0. */
+    const int32_t none[N] = {0, 0, 0, 0};
+    in.on_policy = none;
+    ap_monitors_clear(&mon);
+    ap_masks_build(m, NULL, NULL, &c, &in, &mon);
+    AP_CHECK(isnan(ap_monitors_get(&mon, "len/mean", NAN)) &&
+                 isnan(ap_monitors_get(&mon, "rep/mean", NAN)) &&
+                 isnan(ap_monitors_get(&mon, "len/trunc_rate", NAN)),
+             "dataset rows only: len/mean, rep/mean, len/trunc_rate absent");
     /* Bad lengths are clamped and counted. */
     const int32_t badlen[N] = {-3, 4, 99, 6};
     in.length = badlen, in.on_policy = NULL, in.truncated = NULL;
