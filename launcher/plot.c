@@ -65,6 +65,11 @@ typedef struct {
 } s_series_list_t;
 
 /* Write s as a gnuplot single-quoted string ('' stands for one quote inside). */
+/* Line colours, distinct for up to 12 lines of a panel (then dashed). */
+static const char *const s_colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
+                                       "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                                       "#bcbd22", "#17becf", "#000000", "#f2b701"};
+
 static void s_gp_quote(FILE *f, const char *s) {
     fputc('\'', f);
     for (; *s; s++) {
@@ -226,14 +231,17 @@ int ap_cmd_plot(int argc, char **argv) {
         s_gp_quote(gp, s_panels[p].ylabel);
         fprintf(gp, "\nplot ");
         free(png);
-        int first = 1;
+        int first = 1, k = 0;
         for (int i = 0; i < l.n; i++) {
             if (l.s[i].panel != (int)p || !l.s[i].n) continue;
             char *title = ap_sprintf("%s%s%s", nruns > 1 ? s_basename(runs[l.s[i].run]) : "",
                                      nruns > 1 ? " " : "", l.s[i].key);
             fprintf(gp, "%s", first ? "" : ", ");
             s_gp_quote(gp, l.s[i].path);
-            fprintf(gp, " using 1:2 with lines lw 2 title ");
+            /* gnuplot's default cycle has 8 colours: a matrix of 9 methods repeated one */
+            fprintf(gp, " using 1:2 with lines lw 2 lc rgb \"%s\" dt %d title ",
+                    s_colors[k % AP_COUNT(s_colors)], 1 + k / (int)AP_COUNT(s_colors));
+            k++;
             s_gp_quote(gp, title);
             free(title);
             first = 0;

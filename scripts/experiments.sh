@@ -189,7 +189,7 @@ report() {
 }
 
 minute_marks() { # MINUTES/6, /3, 2/3 and the whole budget: "0.5,1,2,3" for 3 minutes
-    awk -v m="$minutes" 'BEGIN { printf "%g,%g,%g,%g", m / 6, m / 3, 2 * m / 3, m }'
+    awk -v m="$minutes" 'BEGIN { printf "%.3g,%.3g,%.3g,%.3g", m / 6, m / 3, 2 * m / 3, m }'
 }
 
 # tune: the learning-rate grid behind recipe(), on addition, seed 1, the matrix's budgets.
