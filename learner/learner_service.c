@@ -11,10 +11,12 @@
  * (compute -> I/O, with an ev_async wake-up). A publication costs the compute thread at most one
  * memcpy of the arena, and never waits for an earlier publication: two staging slots, one being
  * published (packed, hashed, served by ap_wserver_publish on the I/O thread) while the other
- * takes the next version. The parameters are copied into the free slot by whichever thread gets
- * there first: the I/O thread, while the next batch's forward and backward only read them, or
- * the compute thread itself when the next optimizer update is due (the learner's before_update
- * hook) and the I/O thread has not been scheduled yet. A version staged but not yet published
+ * takes the next version. The parameters are copied into the free slot chunk by chunk by both
+ * threads: the I/O thread, while the next batch's forward and backward only read them, and the
+ * compute thread, which copies the chunks left when the next optimizer update is due (the
+ * learner's before_update hook) and never waits for the I/O thread to be scheduled (it did,
+ * when the copy was one claim: 1.5 ms of a 15 ms step with both cores saturated, bench pipeline
+ * async, 2026-11-24). A version staged but not yet published
  * when a newer one is due is superseded by it (counted: learner/publish_superseded): actors
  * want the newest. Measured (bench pipeline, async, both cores saturated): waiting for the I/O
  * thread's copy + BLAKE2b cost 12% of a 15 ms step; waiting for the previous publication to
@@ -27,6 +29,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -40,16 +43,21 @@
 #define S_MAX_PARTS 4096 /* parts of one batch accepted */
 #define S_MAX_MSG ((size_t)256 << 20)
 
-/* A staging slot's life: FREE -> WANTED (compute: publish this version) -> COPYING (the first
- * thread to get there copies the arena) -> STAGED -> PUBLISHING (I/O thread) -> FREE. At most one
- * slot is pending (WANTED, COPYING or STAGED) and at most one PUBLISHING. */
-enum { S_SLOT_FREE, S_SLOT_WANTED, S_SLOT_COPYING, S_SLOT_STAGED, S_SLOT_PUBLISHING };
+/* A staging slot's life: FREE -> COPYING (compute: publish this version; both threads copy
+ * chunks of the arena into it) -> STAGED (the last chunk is in) -> PUBLISHING (I/O thread) ->
+ * FREE. At most one slot is pending (COPYING or STAGED) and at most one PUBLISHING. The copy is
+ * claimed chunk by chunk (S_CHUNK bytes, an atomic counter), so the compute thread, when the
+ * next update is due, copies whatever the I/O thread has not claimed yet and waits for at most
+ * the one chunk the I/O thread is copying: never for the I/O thread to be scheduled. */
+enum { S_SLOT_FREE, S_SLOT_COPYING, S_SLOT_STAGED, S_SLOT_PUBLISHING };
+#define S_CHUNK ((size_t)64 << 10)
 
 typedef struct {
-    int state;            /* S_SLOT_* */
+    int state;            /* S_SLOT_* (under mu) */
     ap_version_t version; /* the version this slot publishes */
-    float *buf;           /* the arena copy (touched only by the thread that set COPYING) */
-    size_t bytes, cap;
+    float *buf;           /* the arena copy */
+    size_t bytes, cap, n_chunks;
+    atomic_size_t next, done; /* chunks claimed, chunks copied (COPYING) */
 } s_slot_t;
 
 typedef struct {
@@ -305,7 +313,7 @@ static void s_on_prep(struct ev_loop *loop, ev_prepare *w, int revents) {
     }
 }
 
-static void s_stage_copy(s_io_t *io, s_slot_t *s);
+static void s_stage(s_io_t *io, s_slot_t *s);
 static s_slot_t *s_slot_in(s_io_t *io, int state);
 static s_slot_t *s_pending(s_io_t *io);
 
@@ -317,10 +325,8 @@ static void s_on_wake(struct ev_loop *loop, ev_async *w, int revents) {
     ap_msg_codec_set_latest(ap_sock_codec(io->sock), io->version);
     s_slot_t *s;
     while ((s = s_pending(io))) { /* publish the pending version (a newer one may follow) */
-        if (s->state == S_SLOT_WANTED) s_stage_copy(io, s); /* releases and retakes mu */
-        while (s->state == S_SLOT_COPYING) /* the compute thread is copying */
-            pthread_cond_wait(&io->cv, &io->mu);
-        if (s->state != S_SLOT_STAGED) continue; /* superseded meanwhile: WANTED again */
+        if (s->state == S_SLOT_COPYING) s_stage(io, s); /* releases and retakes mu */
+        if (s->state != S_SLOT_STAGED) continue;        /* superseded meanwhile */
         s->state = S_SLOT_PUBLISHING;
         ap_version_t v = s->version;
         pthread_mutex_unlock(&io->mu);
@@ -459,45 +465,52 @@ static s_slot_t *s_slot_in(s_io_t *io, int state) {
     return NULL;
 }
 
-/* The slot waiting to be published (WANTED, COPYING or STAGED), or NULL. */
+/* The slot waiting to be published (COPYING or STAGED), or NULL. */
 static s_slot_t *s_pending(s_io_t *io) {
     for (int i = 0; i < 2; i++) {
         int st = io->slot[i].state;
-        if (st == S_SLOT_WANTED || st == S_SLOT_COPYING || st == S_SLOT_STAGED)
-            return &io->slot[i];
+        if (st == S_SLOT_COPYING || st == S_SLOT_STAGED) return &io->slot[i];
     }
     return NULL;
 }
 
-/* Copy the arena into slot s (called with mu held and s WANTED, by either thread; mu is
- * released during the copy and held again on return). */
-static void s_stage_copy(s_io_t *io, s_slot_t *s) {
-    s->state = S_SLOT_COPYING;
-    pthread_mutex_unlock(&io->mu);
+/* Copy chunks of the arena into s until none is left to claim (either thread, without mu).
+ * 1 when this call copied the last chunk. The parameters do not change meanwhile: the compute
+ * thread updates them only after s is STAGED. */
+static int s_copy_chunks(s_io_t *io, s_slot_t *s) {
     size_t bytes;
-    const void *arena = ap_model_blob(io->L->model, &bytes);
-    if (bytes > s->cap) { /* only this thread touches the slot while COPYING */
-        free(s->buf);
-        s->buf = ap_alloc_aligned(bytes);
-        s->cap = bytes;
+    const char *arena = ap_model_blob(io->L->model, &bytes);
+    int last = 0;
+    for (size_t i; (i = atomic_fetch_add(&s->next, 1)) < s->n_chunks;) {
+        const size_t off = i * S_CHUNK, len = AP_MIN(S_CHUNK, s->bytes - off);
+        memcpy((char *)s->buf + off, arena + off, len);
+        if (atomic_fetch_add(&s->done, 1) + 1 == s->n_chunks) last = 1;
     }
-    memcpy(s->buf, arena, bytes);
-    s->bytes = bytes;
+    return last;
+}
+
+/* Stage s (COPYING, mu held; released during the copy, held on return): copy the chunks left,
+ * then wait for a chunk the other thread is copying. */
+static void s_stage(s_io_t *io, s_slot_t *s) {
+    pthread_mutex_unlock(&io->mu);
+    int last = s_copy_chunks(io, s);
     pthread_mutex_lock(&io->mu);
-    s->state = S_SLOT_STAGED;
-    pthread_cond_broadcast(&io->cv);
+    if (last) {
+        s->state = S_SLOT_STAGED;
+        pthread_cond_broadcast(&io->cv);
+    }
+    while (s->state == S_SLOT_COPYING && !io->dead)
+        pthread_cond_wait(&io->cv, &io->mu);
 }
 
 /* The learner's before_update hook: the parameters may change once the pending version is
- * staged; copy it here if the I/O thread has not started. 0, or -1 when the I/O thread has
- * stopped in the middle of a copy (it cannot: the copy is one callback). */
+ * staged. 0, or -1 when the I/O thread stopped with a chunk in flight (it cannot: a chunk is
+ * copied within one callback). */
 static int s_stage_wait(s_io_t *io) {
     pthread_mutex_lock(&io->mu);
-    s_slot_t *s = s_slot_in(io, S_SLOT_WANTED);
-    if (s) s_stage_copy(io, s);
-    while (s_slot_in(io, S_SLOT_COPYING) && !io->dead)
-        pthread_cond_wait(&io->cv, &io->mu);
-    int rc = s_slot_in(io, S_SLOT_COPYING) ? ap_err("learner: the I/O thread has stopped") : 0;
+    s_slot_t *s = s_slot_in(io, S_SLOT_COPYING);
+    if (s) s_stage(io, s);
+    int rc = s && s->state == S_SLOT_COPYING ? ap_err("learner: the I/O thread has stopped") : 0;
     pthread_mutex_unlock(&io->mu);
     return rc;
 }
@@ -531,15 +544,26 @@ static int s_publish(s_io_t *io) {
         pthread_mutex_unlock(&io->mu);
         return ap_err("learner: publish: %s", io->publish_err);
     }
-    while (s_slot_in(io, S_SLOT_COPYING) && !io->dead) /* a memcpy: let it finish */
-        pthread_cond_wait(&io->cv, &io->mu);
     s_slot_t *s = s_pending(io);
-    if (s)
+    if (s && s->state == S_SLOT_COPYING) s_stage(io, s); /* only after a skipped update */
+    size_t bytes;
+    ap_model_blob(io->L->model, &bytes);
+    if (s) {
         io->superseded++;
-    else
+    } else {
         s = s_slot_in(io, S_SLOT_FREE); /* one slot at most is PUBLISHING: the other is free */
+        if (bytes > s->cap) {           /* a free slot: no thread touches it */
+            free(s->buf);
+            s->buf = ap_alloc_aligned(bytes);
+            s->cap = bytes;
+        }
+    }
     s->version = io->L->version;
-    s->state = S_SLOT_WANTED;
+    s->bytes = bytes;
+    s->n_chunks = (bytes + S_CHUNK - 1) / S_CHUNK;
+    atomic_store(&s->next, 0);
+    atomic_store(&s->done, 0);
+    s->state = s->n_chunks ? S_SLOT_COPYING : S_SLOT_STAGED;
     io->version = io->L->version;
     pthread_mutex_unlock(&io->mu);
     ev_async_send(io->loop, &io->wake);
