@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -354,6 +355,11 @@ static void s_on_wake(struct ev_loop *loop, ev_async *w, int revents) {
 
 static void *s_io_main(void *arg) {
     s_io_t *io = arg;
+    /* SCHED_BATCH: a wake-up of this thread (a publication, a batch part) does not preempt the
+     * compute thread on its core; it runs on an idle core or when the compute thread blocks. */
+    struct sched_param sp = {0};
+    if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp) != 0)
+        ap_log(AP_LOG_DEBUG, "learner: SCHED_BATCH for the I/O thread refused");
     ev_run(io->loop, 0);
     pthread_mutex_lock(&io->mu);
     io->dead = 1;
