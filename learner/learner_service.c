@@ -14,14 +14,12 @@
  * takes the next version. The parameters are copied into the free slot chunk by chunk by both
  * threads: the I/O thread, while the next batch's forward and backward only read them, and the
  * compute thread, which copies the chunks left when the next optimizer update is due (the
- * learner's before_update hook) and never waits for the I/O thread to be scheduled (it did,
- * when the copy was one claim: 1.5 ms of a 15 ms step with both cores saturated, bench pipeline
- * async, 2026-11-24). A version staged but not yet published
- * when a newer one is due is superseded by it (counted: learner/publish_superseded): actors
- * want the newest. Measured (bench pipeline, async, both cores saturated): waiting for the I/O
- * thread's copy + BLAKE2b cost 12% of a 15 ms step; waiting for the previous publication to
- * finish, 10-30% of a 10 ms step. Any wait is counted as transport time; the I/O thread's work
- * is learner/io_s.
+ * learner's before_update hook) and never waits for the I/O thread to be scheduled. A version
+ * staged but not yet published when a newer one is due is superseded by it (counted:
+ * learner/publish_superseded): actors want the newest. The I/O thread runs SCHED_BATCH: its
+ * wake-ups do not preempt the compute thread, which they did, for the whole copy + pack +
+ * BLAKE2b of a publication (12% of a 15 ms step in bench pipeline, async; 0.25% since). Any
+ * wait is counted as transport time; the I/O thread's work is learner/io_s.
  *
  * Sync mode (run.sync): one batch at a time: the next BATCH_REQUEST leaves only after the step
  * and the publication of its version (published every step, whatever learner.sync_every says:
