@@ -362,6 +362,13 @@ static pid_t s_find_process(const char *a, const char *b) {
     return found;
 }
 
+/* After a failure: the tail of the launcher's and every role's log of a run, for the CI log. */
+static void s_dump_logs(const char *name) {
+    s_sh("cd '%s' && for f in launch-%s.log runs/%s/logs/*.log; do echo \"==== $f\"; "
+         "tail -n 15 \"$f\"; done >&2",
+         s_dir, name, name);
+}
+
 static void s_kill_actor(void) {
     const char *sets[] = {"objective={grpo: {}}", "run.max_steps=1000"};
     pid_t pid = s_launch("killactor", sets, 2);
@@ -386,6 +393,7 @@ static void s_kill_actor(void) {
     }
     AP_CHECK(restarted, "killactor: the launcher did not restart actor-0");
     AP_CHECK(finished && last == 1000, "killactor: finished %d at step %ld", finished, last);
+    if (rc != 0 || !finished || last != 1000) s_dump_logs("killactor");
     printf("e2e killactor  actor-0 (pid %d) killed at step >= 2, restarted; run finished at %ld\n",
            (int)actor, last);
     s_metrics_free(&m);
