@@ -236,14 +236,15 @@ static void s_srpo_degenerate(void) {
  * Where the self-teacher is confident in a token the student finds unlikely (the informative
  * case), gradient descent lowers that token's logit: the experiments' OPSD runs collapsed to ~2%
  * this way (docs/RESULTS.md). The default is therefore no clip; with it, descent raises the
- * teacher's token. One position, V = 12, self-teacher 0.87 on token 5, student 0.02 there. */
+ * teacher's token. One unmasked position, V = 12, self-teacher 0.87 on token 5, student 0.02 there. */
 static void s_opsd_clip_direction(void) {
     fx_t f;
     const int V = 12, a = 5;
-    fx_init(&f, 1, 1, V, 3, 1, 12);
+    fx_init(&f, 1, 2, V, 3, 1, 12); /* the fixture needs two positions; the second is masked */
     for (int v = 0; v < V; v++) f.sz[v] = v == a ? 4.5f : 0.0f, f.logits[v] = v == a ? -1.5f : 0.0f;
     fx_temperatures(&f, 1.0, 1.0);
-    f.mask[0] = 1, f.has_teacher[0] = 1, f.correct[0] = 0, f.reward[0] = 0, f.tokens[0] = 0;
+    f.mask[0] = 1, f.mask[1] = 0, f.has_teacher[0] = 1, f.correct[0] = 0, f.reward[0] = 0;
+    f.tokens[0] = 0;
     fx_refresh_lpt(&f, 1.0);
     f.behavior[0] = f.lpt[0];
     ap_obj_config_t c;
