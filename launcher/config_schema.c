@@ -60,6 +60,7 @@ static const cyaml_schema_field_t s_learner[] = {
     F_INT("rollouts_every", ap_learner_cfg_t, rollouts_every),
     F_INT("rollouts_per_step", ap_learner_cfg_t, rollouts_per_step),
     F_INT("prefetch", ap_learner_cfg_t, prefetch),
+    F_INT("max_skips_in_a_row", ap_learner_cfg_t, max_skips_in_a_row),
     CYAML_FIELD_END};
 
 static const cyaml_strval_t s_reuse_orders[] = {{"newest", AP_REUSE_NEWEST},
@@ -279,7 +280,8 @@ void ap_config_defaults(ap_config_t *c) {
                                         .schedule = AP_SCHEDULE_COSINE, .min_lr_ratio = 0.1};
     c->learner = (ap_learner_cfg_t){.sync_every = 1, .checkpoint_every = 50,
                                     .keep_checkpoints = 3, .rollouts_every = 10,
-                                    .rollouts_per_step = 4, .prefetch = 2};
+                                    .rollouts_per_step = 4, .prefetch = 2,
+                                    .max_skips_in_a_row = 200};
     c->buffer = (ap_buffer_cfg_t){.max_staleness = 4, .max_reuse = 1,
                                   .reuse_order = AP_REUSE_NEWEST, .capacity_groups = 256,
                                   .actor_credit = 16, .teacher_credit = 16,
@@ -378,6 +380,8 @@ int ap_config_validate(const ap_config_t *c, const char *origin) {
               "must not be negative");
     S_REQUIRE(c->learner.prefetch >= 1 && c->learner.prefetch <= 16, "learner.prefetch",
               "must be in 1..16");
+    S_REQUIRE(c->learner.max_skips_in_a_row >= 0, "learner.max_skips_in_a_row",
+              "must not be negative (0 = never stop)");
     S_REQUIRE(c->buffer.max_staleness >= 0, "buffer.max_staleness", "must not be negative");
     S_REQUIRE(c->buffer.max_reuse >= 1, "buffer.max_reuse", "must be at least 1");
     S_REQUIRE(c->buffer.capacity_groups >= 1, "buffer.capacity_groups", "must be positive");

@@ -655,6 +655,8 @@ int ap_learner_run(ap_learner_t *L) {
            cfg->endpoints.buffer_learner, cfg->endpoints.weights, L->version.gen,
            (unsigned long long)L->version.step);
     ap_version_t published = L->version;
+    int skips = 0; /* batches skipped in a row */
+    char skip_why[160] = "";
     while (!s_done(L, &why)) {
         double t0 = ap_now();
         ap_batch_t *b = s_take(io, 0.1);
@@ -690,6 +692,16 @@ int ap_learner_run(ap_learner_t *L) {
         s_step_done(io);
         if (ap_learner_after_step(L, b, &st) < 0) ap_log(AP_LOG_ERROR, "%s", ap_errmsg());
         ap_batch_destroy(&b);
+        skips = st.skipped == AP_LEARNER_STEPPED ? 0 : skips + 1;
+        if (cfg->learner.max_skips_in_a_row > 0 && skips >= cfg->learner.max_skips_in_a_row) {
+            snprintf(skip_why, sizeof skip_why,
+                     "%d batches in a row skipped (the last for %s): the run cannot train "
+                     "(learner.max_skips_in_a_row)",
+                     skips, ap_learner_skip_name(st.skipped));
+            ap_log(AP_LOG_ERROR, "learner: %s", skip_why);
+            why = skip_why;
+            break;
+        }
     }
     if (rc == 0)
         ap_log(AP_LOG_INFO, "learner: stopping at step %llu: %s",

@@ -81,6 +81,7 @@ typedef struct {
     int rollouts_every;   /* append a batch sample to rollouts.jsonl every N steps; 0 = never */
     int rollouts_per_step;/* trajectories written each time */
     int prefetch;         /* batch requests in flight */
+    int max_skips_in_a_row; /* stop the run after this many batches in a row skipped; 0 = never */
 } ap_learner_cfg_t;
 
 typedef enum { AP_REUSE_NEWEST = 0, AP_REUSE_UNIFORM = 1 } ap_reuse_order_t;
