@@ -23,6 +23,7 @@ static const s_kind_t s_kinds[] = {
     {"buffer", ap_bench_buffer, "buffer throughput with simulated actors and teachers"},
     {"weights", ap_bench_weights, "weight distribution to clients over TCP loopback"},
     {"pipeline", ap_bench_pipeline, "asynchronous vs synchronous topology, learner busy share"},
+    {"teacher", ap_bench_teacher, "teacher scoring of a batch: shared prefixes, unshared, padded forward"},
 };
 
 int ap_cmd_bench(int argc, char **argv) {
@@ -51,6 +52,11 @@ int ap_cmd_bench(int argc, char **argv) {
 static int s_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+double ap_bench_median(double *x, int n) {
+    qsort(x, (size_t)n, sizeof *x, s_cmp_double);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
 double ap_bench_sgemm_peak(int threads, int reps) {

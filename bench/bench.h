@@ -16,10 +16,14 @@ int ap_bench_objectives(int argc, char **argv); /* learner: loss+grad cost vs a 
 int ap_bench_buffer(int argc, char **argv);     /* buffer: scored groups/s with fake peers */
 int ap_bench_weights(int argc, char **argv);    /* net: weight distribution to N clients */
 int ap_bench_pipeline(int argc, char **argv);   /* launcher: async vs sync, learner busy % */
+int ap_bench_teacher(int argc, char **argv);    /* teacher: scoring a batch, prefixes shared or not */
 
 /* OpenBLAS sgemm GFLOP/s on a 1024^3 row-major product at `threads` threads, median of
  * `reps` (cached per thread count within a process). */
 double ap_bench_sgemm_peak(int threads, int reps);
+
+/* Median of x[0, n) (n >= 1; sorts x). */
+double ap_bench_median(double *x, int n);
 
 /* Print `obj` as one compact JSON line on stdout (flushed) and release it. */
 void ap_bench_emit(json_t *obj);

@@ -50,15 +50,6 @@ static double s_matmul_params(const ap_model_config_t *c) {
     return c->tie_embeddings ? n : n + (double)c->vocab_size * D;
 }
 
-static int s_cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double s_median(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, s_cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 typedef struct {
     const s_cfg_t *cfg; /* NULL: the whole matrix */
@@ -134,7 +125,7 @@ static void s_train_one(const s_cfg_t *cfg, int B, int T, int threads, int warmu
         if (r == -warmup) loss_first = loss;
         if (r >= 0) t[r] = ap_now() - t0, fwd += t1 - t0;
     }
-    double step = s_median(t, reps), tokens = (double)B * T;
+    double step = ap_bench_median(t, reps), tokens = (double)B * T;
     double flops = 6 * s_matmul_params(&mc) + 12.0 * mc.num_layers * mc.hidden_size * T;
     double need = 4.0 * ap_model_num_floats(m) * sizeof(float) + ap_model_activation_bytes(m);
     json_t *j = json_object();
@@ -206,7 +197,7 @@ static void s_sample_one(const s_cfg_t *cfg, int S, int new_tokens, int threads,
         generated = 0;
         for (int i = 0; i < S; i++) generated += out[i].n;
     }
-    double run = s_median(t, reps);
+    double run = ap_bench_median(t, reps);
     /* the token at completion index k attends to 1 + k positions (prompt of 1) */
     double ctx = 0;
     for (int k = 0; k < new_tokens; k++) ctx += 1 + k;

@@ -22,15 +22,6 @@
 #include "apprentice/weights.h"
 #include "bench/bench.h"
 
-static int s_cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double s_median(double *x, int n) {
-    qsort(x, (size_t)n, sizeof *x, s_cmp_double);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
 
 /* ---------------------------------------------------------------- 1. bytes per scored token */
 
@@ -137,9 +128,9 @@ static void s_bench_wire(int V, int G, int T, int K) {
     json_object_set_new(o, "bound_bytes_per_token", json_real(4.0 + 8.0 * K));
     json_object_set_new(o, "json_bytes_per_token", json_real((double)jlen / n));
     json_object_set_new(o, "json_over_protobuf", json_real((double)jlen / len));
-    json_object_set_new(o, "encode_us", json_real(s_median(enc, 7) * 1e6));
-    json_object_set_new(o, "decode_validate_us", json_real(s_median(dec, 7) * 1e6));
-    json_object_set_new(o, "json_encode_us", json_real(s_median(jenc, 7) * 1e6));
+    json_object_set_new(o, "encode_us", json_real(ap_bench_median(enc, 7) * 1e6));
+    json_object_set_new(o, "decode_validate_us", json_real(ap_bench_median(dec, 7) * 1e6));
+    json_object_set_new(o, "json_encode_us", json_real(ap_bench_median(jenc, 7) * 1e6));
     ap_bench_emit(o);
     ap_msg_codec_destroy(&codec);
     free(text);
@@ -312,7 +303,7 @@ static int s_bench_weights(double mb, int n_clients, uint32_t chunk, int window,
     for (int i = 0; i < n_clients; i++)
         rc |= cl[i].failed;
     if (done_reps == reps && rc == 0) {
-        double d = s_median(dist, reps), p = s_median(pub, reps);
+        double d = ap_bench_median(dist, reps), p = ap_bench_median(pub, reps);
         json_t *o = json_object();
         json_object_set_new(o, "bench", json_string("weights"));
         json_object_set_new(o, "mb", json_real(bytes / 1e6));

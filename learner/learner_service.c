@@ -493,18 +493,26 @@ static int s_copy_chunks(s_io_t *io, s_slot_t *s) {
     return last;
 }
 
-/* Stage s (COPYING, mu held; released during the copy, held on return): copy the chunks left,
- * then wait for a chunk the other thread is copying. */
+/* Stage s (mu held; released during copies, held on return): while s is COPYING, copy the
+ * chunks nobody has claimed, or wait for one the other thread is copying. The loop re-checks
+ * after every wake-up: between the broadcast that staged s and this thread retaking mu, the
+ * compute thread may already have put the next version into s (COPYING again, chunks unclaimed),
+ * and then waits for it to be published: only copying here can stage it (a plain wait on
+ * "COPYING" deadlocked both threads at the final publication, seen once in ~40 end-to-end runs). */
 static void s_stage(s_io_t *io, s_slot_t *s) {
-    pthread_mutex_unlock(&io->mu);
-    int last = s_copy_chunks(io, s);
-    pthread_mutex_lock(&io->mu);
-    if (last) {
-        s->state = S_SLOT_STAGED;
-        pthread_cond_broadcast(&io->cv);
+    while (s->state == S_SLOT_COPYING && !io->dead) {
+        if (atomic_load(&s->next) >= s->n_chunks) { /* all claimed: the other thread finishes */
+            pthread_cond_wait(&io->cv, &io->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&io->mu);
+        int last = s_copy_chunks(io, s);
+        pthread_mutex_lock(&io->mu);
+        if (last) {
+            s->state = S_SLOT_STAGED;
+            pthread_cond_broadcast(&io->cv);
+        }
     }
-    while (s->state == S_SLOT_COPYING && !io->dead)
-        pthread_cond_wait(&io->cv, &io->mu);
 }
 
 /* The learner's before_update hook: the parameters may change once the pending version is
@@ -523,8 +531,13 @@ static int s_stage_wait(s_io_t *io) {
 static int s_publish_wait(s_io_t *io) {
     pthread_mutex_lock(&io->mu);
     int busy;
-    while ((busy = s_pending(io) || s_slot_in(io, S_SLOT_PUBLISHING)) && !io->dead)
-        pthread_cond_wait(&io->cv, &io->mu);
+    while ((busy = s_pending(io) || s_slot_in(io, S_SLOT_PUBLISHING)) && !io->dead) {
+        s_slot_t *c = s_slot_in(io, S_SLOT_COPYING);
+        if (c && atomic_load(&c->next) < c->n_chunks)
+            s_stage(io, c); /* copy rather than wait */
+        else
+            pthread_cond_wait(&io->cv, &io->mu);
+    }
     int rc = busy                 ? ap_err("learner: the I/O thread has stopped")
              : io->publish_rc < 0 ? ap_err("learner: publish: %s", io->publish_err)
                                   : 0;
@@ -569,6 +582,7 @@ static int s_publish(s_io_t *io) {
     atomic_store(&s->done, 0);
     s->state = s->n_chunks ? S_SLOT_COPYING : S_SLOT_STAGED;
     io->version = io->L->version;
+    pthread_cond_broadcast(&io->cv); /* an I/O thread waiting in s_stage copies it */
     pthread_mutex_unlock(&io->mu);
     ev_async_send(io->loop, &io->wake);
     return 0;

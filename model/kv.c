@@ -50,6 +50,7 @@ struct ap_kv {
 
 enum { S_LANES = 16 }; /* register block: 16 keys (scores) or 16 head dims (output) */
 enum { S_PACK_MIN_ROWS = 1 }; /* rows from which the packed weights beat OpenBLAS (all) */
+enum { S_CHUNK_ROWS = 512 }; /* rows per chunk: scoring 32 x 13 rows in chunks of 128 took 12% longer */
 
 static size_t s_kvd(const ap_model_t *m) { return (size_t)m->KV * m->hd; }
 
@@ -69,7 +70,7 @@ ap_kv_t *ap_kv_new(const ap_model_t *m, int max_seqs, int max_len) {
     ap_kv_t *kv = ap_calloc(1, sizeof *kv);
     kv->m = m;
     kv->S = max_seqs, kv->maxlen = max_len;
-    kv->R = AP_MAX(max_seqs, 128);
+    kv->R = AP_MAX(max_seqs, S_CHUNK_ROWS);
     kv->ml = (max_len + S_LANES - 1) / S_LANES * S_LANES;
     size_t R = (size_t)kv->R, D = (size_t)m->D, cache = (size_t)m->L * max_seqs * kv->ml * s_kvd(m);
     kv->len = ap_calloc((size_t)max_seqs, sizeof *kv->len);
@@ -273,6 +274,7 @@ static void s_chunk(ap_kv_t *kv, float *logits, const int *slots, const int32_t 
             if (k != r) memcpy(kv->x + (size_t)k * D, kv->x + (size_t)r * D, (size_t)D * sizeof(float));
             k++;
         }
+    if (k == 0) return;
     ap_rmsnorm(kv->a, kv->rstd, kv->x, P + m->off_norm, k, D, eps);
     s_linear(kv, logits, 0, kv->a, 4 * m->L, k);
 }
@@ -294,12 +296,25 @@ static int s_validate(const ap_kv_t *kv, const int *slots, const int32_t *tokens
     return rc;
 }
 
-int ap_kv_forward(ap_kv_t *kv, float *logits, const int *slots, const int32_t *tokens, int n) {
+int ap_kv_forward(ap_kv_t *kv, float *logits, const int *slots, const int32_t *tokens,
+                  const unsigned char *want, int n) {
     if (n < 0 || s_validate(kv, slots, tokens, n) < 0) return -1;
+    size_t done = 0; /* logits rows written */
     for (int r0 = 0; r0 < n; r0 += kv->R) {
         int c = AP_MIN(kv->R, n - r0);
-        s_chunk(kv, logits ? logits + (size_t)r0 * kv->m->V : NULL, slots + r0, tokens + r0, c, NULL);
+        s_chunk(kv, logits ? logits + done * kv->m->V : NULL, slots + r0, tokens + r0, c,
+                want ? want + r0 : NULL);
+        for (int r = 0; r < c; r++)
+            done += !want || want[r0 + r];
     }
+    return 0;
+}
+
+int ap_kv_copy(ap_kv_t *kv, int dst, int src) {
+    if (dst < 0 || dst >= kv->S || src < 0 || src >= kv->S)
+        return ap_err("KV copy: slot %d to %d, outside [0, %d)", src, dst, kv->S);
+    if (dst != src) s_copy_slot(kv, dst, src, kv->len[src]);
+    kv->len[dst] = kv->len[src];
     return 0;
 }
 

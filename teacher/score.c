@@ -1,12 +1,16 @@
 /* score.c: the teacher's scoring as pure functions (teacher.h): which signals each teacher kind
- * serves, batched scoring of many groups through ap_model_forward, random valid scores for
+ * serves, batched scoring of many groups through a KV cache, random valid scores for
  * benchmarks, and the start-up vocabulary check.
  *
  * Scoring one trajectory with prefix p (the prompt, or the self-teacher's privileged context)
  * of P tokens and completion y of L tokens: the input is p ++ y[0 .. L-1) (n = P + L - 1
- * tokens) and logits row P - 1 + t predicts y[t]. Trajectories of every group given are sorted
- * longest first and packed into right-padded batches with B x T <= max_batch_tokens, so one
- * forward serves several requests and padding stays small. Per position, from the logits z [V]:
+ * tokens) and logits row P - 1 + t predicts y[t]. The trajectories of every group given go
+ * through a KV cache (sampler.h) in passes of up to 64 sequences and max_batch_tokens rows:
+ * sorted so that equal prefixes are neighbours, each distinct prefix is computed once per pass
+ * and its cache copied to the sequences that share it (the G trajectories of a group share
+ * their prompt: for 3-digit addition, 9 prompt tokens and about 4 completion tokens each, a
+ * pass computes 5 rows per trajectory instead of 12), then the completions are fed, no padding.
+ * Per position, from the logits z [V]:
  *   sampled  = z[y]/tau_s - logsumexp(z/tau_s)
  *   top-K    = the K largest z (descending, ties to the lower id), as z/tau - logsumexp(z/tau)
  *   full     = z/tau - logsumexp(z/tau) for every v
@@ -16,6 +20,7 @@
 #include <string.h>
 
 #include "apprentice/base.h"
+#include "apprentice/sampler.h"
 #include "apprentice/teacher.h"
 #include "apprentice/tokenizer.h"
 
@@ -138,17 +143,60 @@ static void s_position(const float *z, int V, int32_t y, const ap_teacher_params
 
 /* ---------------------------------------------------------------- batched scoring */
 
+enum { S_SLOTS_MAX = 64, S_ROWS = 128 }; /* sequences per pass; logits rows per KV call */
+
+struct ap_teacher_scorer {
+    const ap_model_t *m;
+    int share; /* 1: equal prefixes are computed once per pass */
+    ap_kv_t *kv;
+    int kv_len, kv_slots; /* the cache's shape (grown on demand) */
+};
+
+ap_teacher_scorer_t *ap_teacher_scorer_new(const ap_model_t *m, int share_prefix) {
+    ap_teacher_scorer_t *sc = ap_calloc(1, sizeof *sc);
+    sc->m = m;
+    sc->share = share_prefix != 0;
+    return sc;
+}
+
+void ap_teacher_scorer_destroy(ap_teacher_scorer_t **scp) {
+    if (!scp || !*scp) return;
+    ap_kv_destroy(&(*scp)->kv);
+    free(*scp);
+    *scp = NULL;
+}
+
+/* A cache of at least `len` positions: slots = max_batch_tokens / len (1 to S_SLOTS_MAX), so the
+ * cache holds no more positions than one pass may compute. Grows only (re-packing is paid once). */
+static int s_reserve(ap_teacher_scorer_t *sc, int len, int max_batch_tokens) {
+    int maxpos = ap_model_config(sc->m)->max_positions;
+    len = AP_MIN((len + 15) / 16 * 16, maxpos);
+    if (sc->kv && sc->kv_len >= len) return 0;
+    int slots = AP_MAX(1, AP_MIN(S_SLOTS_MAX, max_batch_tokens / len));
+    ap_kv_destroy(&sc->kv);
+    if (!(sc->kv = ap_kv_new(sc->m, slots, len))) return -1;
+    sc->kv_len = len, sc->kv_slots = slots;
+    return 0;
+}
+
 typedef struct {
-    int j, i; /* group, trajectory */
-    int P, L; /* prefix and completion lengths */
-    int n;    /* input tokens = P + L - 1 */
+    int j, i;             /* group, trajectory */
+    int P, L;             /* prefix and completion lengths */
+    const int32_t *pre;   /* the prefix */
 } s_seq_t;
 
+/* Equal prefixes next to each other (by length, then tokens), then group and trajectory. */
 static int s_cmp_seq(const void *a, const void *b) {
     const s_seq_t *x = a, *y = b;
-    if (x->n != y->n) return x->n > y->n ? -1 : 1; /* longest first */
-    if (x->j != y->j) return x->j < y->j ? -1 : 1; /* then stable: group, trajectory */
+    if (x->P != y->P) return x->P < y->P ? -1 : 1;
+    int c = memcmp(x->pre, y->pre, (size_t)x->P * sizeof *x->pre);
+    if (c) return c;
+    if (x->j != y->j) return x->j < y->j ? -1 : 1;
     return (x->i > y->i) - (x->i < y->i);
+}
+
+static int s_same_prefix(const s_seq_t *x, const s_seq_t *y) {
+    return x->P == y->P && (x->pre == y->pre || !memcmp(x->pre, y->pre, (size_t)x->P * sizeof *x->pre));
 }
 
 /* The prefix of trajectory i of g for kind: the prompt, or the privileged context. */
@@ -161,12 +209,82 @@ static const int32_t *s_prefix(const ap_group_t *g, int i, ap_teacher_kind_t kin
     return g->prompt;
 }
 
-int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
+/* Scratch of one pass. */
+typedef struct {
+    int *slot, *row_q, *row_t;  /* [rows]: KV slot, sequence (index into the pass), position t */
+    int32_t *tok;
+    unsigned char *want;
+    int *src, *first;           /* [slots]: slot whose prefix a sequence copies; its logits row */
+    float *first_lg, *lg;       /* [slots, V] last-prefix logits; [S_ROWS, V] */
+} s_pass_t;
+
+/* Score position t of sequence q from logits z. */
+static void s_score(const s_seq_t *q, int t, const float *z, int V, const ap_group_t *const *groups,
+                    const ap_teacher_params_t *const *params, ap_scores_t **out, int32_t *scratch) {
+    const ap_group_t *g = groups[q->j];
+    ap_scores_t *s = out[q->j];
+    int pos = g->offset[q->i] + t;
+    s_position(z, V, g->tokens[pos], params[q->j], &s->sampled[pos],
+               s->ids ? s->ids + (size_t)pos * s->K : NULL, s->logprobs + (size_t)pos * s->K, scratch);
+}
+
+/* One pass over seqs[0, n): each distinct prefix prefilled once (logits of its last row: they
+ * score completion token 0), copied to the slots of the other sequences that share it, then
+ * every sequence's completion[0 .. L-1) fed in slices of S_ROWS rows (row t scores token t + 1).
+ * Returns the rows computed, or -1 with ap_err. */
+static long s_pass(ap_teacher_scorer_t *sc, const s_seq_t *seqs, int n, s_pass_t *w,
+                   const ap_group_t *const *groups, const ap_teacher_params_t *const *params,
+                   ap_scores_t **out, int32_t *scratch) {
+    ap_kv_t *kv = sc->kv;
+    const int V = ap_model_config(sc->m)->vocab_size;
+    ap_kv_clear(kv);
+    int rows = 0, nf = 0;
+    for (int k = 0; k < n; k++) {
+        if (k > 0 && sc->share && s_same_prefix(&seqs[k], &seqs[k - 1])) {
+            w->src[k] = w->src[k - 1], w->first[k] = w->first[k - 1];
+            continue;
+        }
+        w->src[k] = k, w->first[k] = nf++;
+        for (int t = 0; t < seqs[k].P; t++, rows++)
+            w->slot[rows] = k, w->tok[rows] = seqs[k].pre[t], w->want[rows] = t == seqs[k].P - 1;
+    }
+    if (ap_kv_forward(kv, w->first_lg, w->slot, w->tok, w->want, rows) < 0) return -1;
+    long computed = rows;
+    for (int k = 0; k < n; k++) {
+        if (w->src[k] != k && ap_kv_copy(kv, k, w->src[k]) < 0) return -1;
+        s_score(&seqs[k], 0, w->first_lg + (size_t)w->first[k] * V, V, groups, params, out, scratch);
+    }
+    rows = 0;
+    for (int k = 0; k <= n; k++) { /* completion rows, flushed S_ROWS at a time */
+        const s_seq_t *q = k < n ? &seqs[k] : NULL;
+        for (int t = 0; q && t < q->L - 1; t++) {
+            const ap_group_t *g = groups[q->j];
+            w->slot[rows] = k, w->row_q[rows] = k, w->row_t[rows] = t + 1;
+            w->tok[rows++] = g->tokens[g->offset[q->i] + t];
+            if (rows < S_ROWS) continue;
+            if (ap_kv_forward(kv, w->lg, w->slot, w->tok, NULL, rows) < 0) return -1;
+            for (int r = 0; r < rows; r++)
+                s_score(&seqs[w->row_q[r]], w->row_t[r], w->lg + (size_t)r * V, V, groups, params,
+                        out, scratch);
+            computed += rows, rows = 0;
+        }
+        if (!q && rows > 0) {
+            if (ap_kv_forward(kv, w->lg, w->slot, w->tok, NULL, rows) < 0) return -1;
+            for (int r = 0; r < rows; r++)
+                s_score(&seqs[w->row_q[r]], w->row_t[r], w->lg + (size_t)r * V, V, groups, params,
+                        out, scratch);
+            computed += rows;
+        }
+    }
+    return computed;
+}
+
+int ap_teacher_score_many(ap_teacher_scorer_t *sc, int n, const ap_group_t *const *groups,
                           const ap_teacher_params_t *const *params, ap_version_t version,
                           int max_batch_tokens, ap_scores_t **out,
                           ap_teacher_score_stats_t *stats) {
-    AP_ASSERT(m && n >= 0 && max_batch_tokens >= 1);
-    const ap_model_config_t *mc = ap_model_config(m);
+    AP_ASSERT(sc && n >= 0 && max_batch_tokens >= 1);
+    const ap_model_config_t *mc = ap_model_config(sc->m);
     const int V = mc->vocab_size;
     ap_teacher_score_stats_t st = {0};
     long total = 0;
@@ -202,12 +320,12 @@ int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
                 }
     }
     s_seq_t *seqs = ap_malloc((size_t)AP_MAX(total, 1) * sizeof *seqs);
-    int ns = 0, max_n = 0;
+    int ns = 0, max_n = 1, max_P = 1;
     for (int j = 0; j < n; j++) {
         const ap_group_t *g = groups[j];
         for (int i = 0; i < g->G; i++) {
             int P, L = g->offset[i + 1] - g->offset[i];
-            s_prefix(g, i, params[j]->kind, &P);
+            const int32_t *pre = s_prefix(g, i, params[j]->kind, &P);
             if (P == 0 || P + L - 1 > mc->max_positions) { /* h = 0, or cannot be scored */
                 out[j]->present[i] = 0;
                 st.skipped++;
@@ -215,57 +333,54 @@ int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
                 continue;
             }
             if (L == 0) continue; /* nothing to score */
-            seqs[ns++] = (s_seq_t){.j = j, .i = i, .P = P, .L = L, .n = P + L - 1};
+            seqs[ns++] = (s_seq_t){.j = j, .i = i, .P = P, .L = L, .pre = pre};
             max_n = AP_MAX(max_n, P + L - 1);
+            max_P = AP_MAX(max_P, P);
         }
     }
-    qsort(seqs, (size_t)ns, sizeof *seqs, s_cmp_seq);
-    /* the most rows a batch can have: budget / the shortest sequence, at most all of them */
-    int max_B = AP_MIN(AP_MAX(1, max_batch_tokens / (ns ? seqs[ns - 1].n : 1)), AP_MAX(ns, 1));
-    int32_t *tok = ap_malloc((size_t)AP_MAX(max_batch_tokens, max_n) * sizeof *tok);
-    int *lens = ap_malloc((size_t)max_B * sizeof *lens);
+    if (sc->share) qsort(seqs, (size_t)ns, sizeof *seqs, s_cmp_seq);
+    int rc = ns > 0 ? s_reserve(sc, max_n, max_batch_tokens) : 0;
+    int S = sc->kv_slots, R = AP_MAX(S * max_P, S_ROWS); /* prefill rows, or a completion slice */
+    s_pass_t w = {0};
+    if (ns > 0 && rc == 0) {
+        w.slot = ap_malloc((size_t)R * sizeof *w.slot);
+        w.row_q = ap_malloc((size_t)S_ROWS * sizeof *w.row_q);
+        w.row_t = ap_malloc((size_t)S_ROWS * sizeof *w.row_t);
+        w.tok = ap_malloc((size_t)R * sizeof *w.tok);
+        w.want = ap_malloc((size_t)R);
+        w.src = ap_malloc((size_t)S * sizeof *w.src);
+        w.first = ap_malloc((size_t)S * sizeof *w.first);
+        w.first_lg = ap_malloc((size_t)S * V * sizeof *w.first_lg);
+        w.lg = ap_malloc((size_t)S_ROWS * V * sizeof *w.lg);
+    }
     int32_t *scratch = ap_malloc((size_t)V * sizeof *scratch);
-    int rc = 0;
     for (int s0 = 0; s0 < ns && rc == 0;) {
-        int T = seqs[s0].n, B = 1; /* the first is the longest of the batch */
-        while (s0 + B < ns && B < max_B && (long)(B + 1) * T <= max_batch_tokens)
-            B++;
-        memset(tok, 0, (size_t)B * T * sizeof *tok);
-        for (int b = 0; b < B; b++) {
-            const s_seq_t *q = &seqs[s0 + b];
-            const ap_group_t *g = groups[q->j];
-            int P;
-            const int32_t *pre = s_prefix(g, q->i, params[q->j]->kind, &P);
-            memcpy(tok + (size_t)b * T, pre, (size_t)P * sizeof *tok);
-            memcpy(tok + (size_t)b * T + P, g->tokens + g->offset[q->i],
-                   (size_t)(q->L - 1) * sizeof *tok);
-            lens[b] = q->n;
+        /* a pass: up to S sequences whose rows (shared prefixes once) fit the budget, at least 1 */
+        int B = 0;
+        long rows = 0;
+        while (s0 + B < ns && B < S) {
+            const s_seq_t *q = &seqs[s0 + B];
+            long add = q->L - 1 + (B > 0 && sc->share && s_same_prefix(q, q - 1) ? 0 : q->P);
+            if (B > 0 && rows + add > max_batch_tokens) break;
+            rows += add, B++;
         }
-        const float *logits = ap_model_forward(m, tok, lens, B, T);
-        if (!logits) {
+        long computed = s_pass(sc, seqs + s0, B, &w, groups, params, out, scratch);
+        if (computed < 0) {
             rc = ap_err("teacher scoring: %s", ap_errmsg());
             break;
         }
         st.passes++;
-        st.padded_tokens += (long)B * T;
+        st.computed_tokens += computed;
         for (int b = 0; b < B; b++) {
-            const s_seq_t *q = &seqs[s0 + b];
-            const ap_group_t *g = groups[q->j];
-            ap_scores_t *s = out[q->j];
-            for (int t = 0; t < q->L; t++) {
-                int pos = g->offset[q->i] + t;
-                const float *z = logits + ((size_t)b * T + (size_t)(q->P - 1 + t)) * V;
-                s_position(z, V, g->tokens[pos], params[q->j], &s->sampled[pos],
-                           s->ids ? s->ids + (size_t)pos * s->K : NULL,
-                           s->logprobs + (size_t)pos * s->K, scratch);
-            }
             st.sequences++;
-            st.tokens += q->L;
-            st.input_tokens += q->n;
+            st.tokens += seqs[s0 + b].L;
+            st.input_tokens += seqs[s0 + b].P + seqs[s0 + b].L - 1;
         }
         s0 += B;
     }
-    free(scratch), free(lens), free(tok), free(seqs);
+    free(w.slot), free(w.row_q), free(w.row_t), free(w.tok), free(w.want), free(w.src);
+    free(w.first), free(w.first_lg), free(w.lg);
+    free(scratch), free(seqs);
     if (rc < 0) {
         for (int j = 0; j < n; j++)
             ap_scores_destroy(&out[j]);
@@ -274,18 +389,21 @@ int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
     if (stats) {
         stats->sequences += st.sequences, stats->tokens += st.tokens;
         stats->skipped += st.skipped, stats->too_long += st.too_long;
-        stats->passes += st.passes, stats->padded_tokens += st.padded_tokens;
+        stats->passes += st.passes, stats->computed_tokens += st.computed_tokens;
         stats->input_tokens += st.input_tokens;
     }
     return 0;
 }
 
-ap_scores_t *ap_teacher_score(ap_model_t *m, const ap_group_t *g, const ap_teacher_params_t *p,
+ap_scores_t *ap_teacher_score(const ap_model_t *m, const ap_group_t *g, const ap_teacher_params_t *p,
                               ap_version_t version) {
     ap_scores_t *s = NULL;
     const ap_group_t *gs[1] = {g};
     const ap_teacher_params_t *ps[1] = {p};
-    return ap_teacher_score_many(m, 1, gs, ps, version, 4096, &s, NULL) == 0 ? s : NULL;
+    ap_teacher_scorer_t *sc = ap_teacher_scorer_new(m, 1);
+    int rc = ap_teacher_score_many(sc, 1, gs, ps, version, 4096, &s, NULL);
+    ap_teacher_scorer_destroy(&sc);
+    return rc == 0 ? s : NULL;
 }
 
 /* ---------------------------------------------------------------- simulated scores */

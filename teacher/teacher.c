@@ -4,7 +4,8 @@
  *
  * Requests are held in arrival order. An ev_idle watcher runs while any is held and scores one
  * pass per loop turn: the requests at the head whose completion tokens fit teacher.max_batch_
- * tokens (at least one) go through ap_teacher_score_many together, and each is answered with
+ * tokens (at least one) go through ap_teacher_score_many together (one scorer, whose KV cache
+ * lives as long as the service), and each is answered with
  * SCORES at once. Between passes the loop runs, so heartbeats, new requests and RESETs are
  * handled; a pass is bounded by max_batch_tokens, which keeps it well under the 3 heartbeat
  * periods after which the buffer would declare this teacher dead. A housekeeping timer sends
@@ -34,6 +35,7 @@ struct ap_teacher {
     struct ev_loop *loop;
     ap_sock_t *sock;
     ap_wclient_t *wc;
+    ap_teacher_scorer_t *scorer; /* NULL in simulate mode */
     ev_timer tick;
     ev_idle work;
     s_job_t *jobs; /* FIFO */
@@ -167,7 +169,7 @@ static void s_on_work(struct ev_loop *loop, ev_idle *w, int revents) {
         ap_scores_t **out = ap_calloc((size_t)n, sizeof *out);
         for (int i = 0; i < n; i++)
             gs[i] = t->jobs[i].g, ps[i] = &t->jobs[i].p;
-        if (ap_teacher_score_many(t->o.model, n, gs, ps, t->st.version, (int)budget, out, &t->ss) <
+        if (ap_teacher_score_many(t->scorer, n, gs, ps, t->st.version, (int)budget, out, &t->ss) <
             0) {
             ap_log(AP_LOG_ERROR, "%s: %d requests not scored: %s", t->name, n, ap_errmsg());
             t->st.dropped += (uint64_t)n;
@@ -270,9 +272,9 @@ static void s_report(ap_teacher_t *t, double now) {
     ap_metrics_add(m, "teacher/held", t->n_jobs);
     ap_metrics_add(m, "teacher/dropped", (double)t->st.dropped);
     ap_metrics_add(m, "teacher/skipped", (double)t->ss.skipped);
-    ap_metrics_add(m, "teacher/pad_frac",
-                   t->ss.padded_tokens ? 1.0 - (double)t->ss.input_tokens / (double)t->ss.padded_tokens
-                                       : 0.0);
+    ap_metrics_add(m, "teacher/shared_frac",
+                   t->ss.input_tokens ? 1.0 - (double)t->ss.computed_tokens / (double)t->ss.input_tokens
+                                      : 0.0);
     ap_metrics_add(m, "teacher/version_gen", t->st.version.gen);
     ap_metrics_add(m, "teacher/version_step", (double)t->st.version.step);
     if (ap_metrics_end(m) < 0) ap_log(AP_LOG_WARN, "%s: metrics: %s", t->name, ap_errmsg());
@@ -340,6 +342,7 @@ ap_teacher_t *ap_teacher_new(ap_net_t *net, struct ev_loop *loop, const ap_teach
         return NULL;
     }
     ap_sock_watch(t->sock, loop, s_on_msg, t);
+    if (!o->simulate) t->scorer = ap_teacher_scorer_new(o->model, 1);
     if (o->follow_weights) {
         ap_wclient_opts_t wo = {.endpoint = o->cfg->endpoints.weights,
                                 .pub_endpoint = o->cfg->endpoints.weights_pub,
@@ -393,6 +396,7 @@ void ap_teacher_destroy(ap_teacher_t **tp) {
     ap_teacher_t *t = *tp;
     if (t->sock) ap_teacher_stop(t);
     ap_wclient_destroy(&t->wc);
+    ap_teacher_scorer_destroy(&t->scorer);
     s_drop_jobs(t, "shutdown");
     ap_sock_destroy(&t->sock);
     free(t->jobs);

@@ -4,7 +4,8 @@
  * MHA/tied models, and across the cache's internal row chunking. ap_generate against a
  * recompute-everything reference: greedy tokens equal, every reported log-prob equals
  * log_softmax of the full forward, identical prompts share one prefill, EOS/length finish
- * reasons. Refusals of bad rows leave the cache untouched. */
+ * reasons. Refusals of bad rows leave the cache untouched. A prefix computed once and copied
+ * (ap_kv_copy) continues like one computed in place; logits of only the wanted rows. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +62,7 @@ static void s_mixed(int tied) {
     int n = 0;
     for (int i = S - 1; i >= 0; i--)
         for (int t = 0; t < (lens[i] + 1) / 2; t++) slots[n] = i, rows[n++] = tok[i * T + t], fed[i]++;
-    AP_CHECK(ap_kv_forward(kv, lg, slots, rows, n) == 0, "prefill: %s", ap_errmsg());
+    AP_CHECK(ap_kv_forward(kv, lg, slots, rows, NULL, n) == 0, "prefill: %s", ap_errmsg());
     double worst = 0;
     for (int r = 0, i = S - 1; i >= 0; i--)
         for (int t = 0; t < fed[i]; t++, r++)
@@ -73,7 +74,7 @@ static void s_mixed(int tied) {
         for (int i = 0; i < S; i++)
             if (fed[i] < lens[i]) slots[n] = i, rows[n++] = tok[i * T + fed[i]];
         if (!n) break;
-        AP_CHECK(ap_kv_forward(kv, lg, slots, rows, n) == 0, "decode: %s", ap_errmsg());
+        AP_CHECK(ap_kv_forward(kv, lg, slots, rows, NULL, n) == 0, "decode: %s", ap_errmsg());
         for (int r = 0; r < n; r++) {
             int i = slots[r];
             worst = fmax(worst, s_cmp_rows(lg + (size_t)r * V, full + ((size_t)i * T + fed[i]) * V,
@@ -88,12 +89,12 @@ static void s_mixed(int tied) {
     /* refusals change nothing */
     int bad_slot[2] = {0, 7};
     int32_t bad_tok[3] = {1, 1, 1}, oov[1] = {V};
-    AP_CHECK(ap_kv_forward(kv, NULL, bad_slot, bad_tok, 2) < 0 && strstr(ap_errmsg(), "slot 7"),
+    AP_CHECK(ap_kv_forward(kv, NULL, bad_slot, bad_tok, NULL, 2) < 0 && strstr(ap_errmsg(), "slot 7"),
              "bad slot refused: %s", ap_errmsg());
-    AP_CHECK(ap_kv_forward(kv, NULL, bad_slot, oov, 1) < 0 && strstr(ap_errmsg(), "vocabulary"),
+    AP_CHECK(ap_kv_forward(kv, NULL, bad_slot, oov, NULL, 1) < 0 && strstr(ap_errmsg(), "vocabulary"),
              "bad token refused: %s", ap_errmsg());
     int full_slot[3] = {2, 2, 2};
-    AP_CHECK(ap_kv_forward(kv, NULL, full_slot, bad_tok, 3) < 0 && strstr(ap_errmsg(), "exceed"),
+    AP_CHECK(ap_kv_forward(kv, NULL, full_slot, bad_tok, NULL, 3) < 0 && strstr(ap_errmsg(), "exceed"),
              "overflow refused: %s", ap_errmsg());
     AP_CHECK(ap_kv_len(kv, 0) == lens[0] && ap_kv_len(kv, 2) == lens[2], "refused rows not fed");
     ap_kv_destroy(&kv);
@@ -104,10 +105,60 @@ static void s_mixed(int tied) {
     ap_model_destroy(&m);
 }
 
-/* A prefill longer than the cache's row chunk. */
+/* Shared prefix: slot 0 prefilled, copied to slots 1 and 2, each continued with its own tokens
+ * (in one call, with only some rows' logits wanted) equals the full forward of prefix ++ own
+ * tokens; copying onto a used slot replaces it; bad slots are refused. */
+static void s_copy_and_want(void) {
+    enum { S = 3, P = 7, T = 12 };
+    ap_model_t *m = s_model(0, 16, 21);
+    int V = ap_model_config(m)->vocab_size;
+    ap_rng_t rng;
+    ap_rng_seed(&rng, 8, 0);
+    int32_t tok[S * T];
+    for (int i = 0; i < S * T; i++) tok[i] = (int32_t)ap_rng_below(&rng, (uint64_t)V);
+    for (int i = 1; i < S; i++) memcpy(tok + i * T, tok, P * sizeof *tok); /* one prefix */
+    const int lens[S] = {T, T - 3, T - 1};
+    float *full = ap_malloc((size_t)S * T * V * sizeof *full);
+    memcpy(full, ap_model_forward(m, tok, lens, S, T), (size_t)S * T * V * sizeof *full);
+    ap_kv_t *kv = ap_kv_new(m, S, 16);
+    int slots[S * T];
+    int32_t rows[S * T];
+    unsigned char want[S * T];
+    float *lg = ap_malloc((size_t)S * T * V * sizeof *lg);
+    /* slot 2 first holds something else: the copy must replace it */
+    slots[0] = 2, rows[0] = 5;
+    AP_CHECK(ap_kv_forward(kv, NULL, slots, rows, NULL, 1) == 0, "%s", ap_errmsg());
+    for (int t = 0; t < P; t++) slots[t] = 0, rows[t] = tok[t], want[t] = t == P - 1;
+    AP_CHECK(ap_kv_forward(kv, lg, slots, rows, want, P) == 0, "prefix: %s", ap_errmsg());
+    s_cmp_rows(lg, full + (size_t)(P - 1) * V, V, "prefix last row", 0, P - 1);
+    for (int i = 1; i < S; i++) AP_CHECK(ap_kv_copy(kv, i, 0) == 0, "copy: %s", ap_errmsg());
+    AP_CHECK(ap_kv_len(kv, 2) == P, "copied length %d", ap_kv_len(kv, 2));
+    int n = 0, nw = 0, wseq[S * T], wpos[S * T];
+    for (int i = 0; i < S; i++)
+        for (int t = P; t < lens[i]; t++) {
+            slots[n] = i, rows[n] = tok[i * T + t], want[n] = (t + i) % 2 == 0;
+            if (want[n]) wseq[nw] = i, wpos[nw++] = t;
+            n++;
+        }
+    AP_CHECK(ap_kv_forward(kv, lg, slots, rows, want, n) == 0, "continue: %s", ap_errmsg());
+    double worst = 0;
+    for (int w = 0; w < nw; w++)
+        worst = fmax(worst, s_cmp_rows(lg + (size_t)w * V, full + ((size_t)wseq[w] * T + wpos[w]) * V,
+                                       V, "after copy", wseq[w], wpos[w]));
+    printf("prefix computed once, copied to 2 slots, %d of %d rows wanted: max|diff| %.2e\n", nw, n,
+           worst);
+    AP_CHECK(ap_kv_copy(kv, 3, 0) < 0 && strstr(ap_errmsg(), "outside"), "bad copy refused: %s",
+             ap_errmsg());
+    ap_kv_destroy(&kv);
+    free(full), free(lg);
+    ap_model_destroy(&m);
+}
+
+/* A prefill longer than the cache's row chunk (512 rows), once with every row's logits and once
+ * with every third row's (the wanted rows of each chunk land after the previous chunk's). */
 static void s_long_prefill(void) {
-    enum { T = 200 };
-    ap_model_t *m = s_model(0, 256, 9);
+    enum { T = 700 };
+    ap_model_t *m = s_model(0, 768, 9);
     int V = ap_model_config(m)->vocab_size;
     int32_t tok[T];
     ap_rng_t rng;
@@ -115,12 +166,18 @@ static void s_long_prefill(void) {
     for (int t = 0; t < T; t++) tok[t] = (int32_t)ap_rng_below(&rng, (uint64_t)V);
     float *full = ap_malloc((size_t)T * V * sizeof *full), *lg = ap_malloc((size_t)T * V * sizeof *lg);
     memcpy(full, ap_model_forward(m, tok, NULL, 1, T), (size_t)T * V * sizeof *full);
-    ap_kv_t *kv = ap_kv_new(m, 1, 256);
+    ap_kv_t *kv = ap_kv_new(m, 1, 768);
     int slots[T] = {0};
-    AP_CHECK(ap_kv_forward(kv, lg, slots, tok, T) == 0, "long prefill: %s", ap_errmsg());
+    AP_CHECK(ap_kv_forward(kv, lg, slots, tok, NULL, T) == 0, "long prefill: %s", ap_errmsg());
     double worst = 0;
     for (int t = 0; t < T; t++) worst = fmax(worst, s_cmp_rows(lg + (size_t)t * V, full + (size_t)t * V, V, "long", 0, t));
-    printf("gqa untied: KV vs full forward, one 200-token prefill (chunked): max|diff| %.2e\n", worst);
+    printf("gqa untied: KV vs full forward, one 700-token prefill (chunked): max|diff| %.2e\n", worst);
+    unsigned char want[T];
+    for (int t = 0; t < T; t++) want[t] = t % 3 == 0;
+    ap_kv_clear(kv);
+    AP_CHECK(ap_kv_forward(kv, lg, slots, tok, want, T) == 0, "long prefill: %s", ap_errmsg());
+    for (int t = 0, w = 0; t < T; t += 3, w++)
+        s_cmp_rows(lg + (size_t)w * V, full + (size_t)t * V, V, "long, every third row", 0, t);
     ap_kv_destroy(&kv);
     free(full), free(lg);
     ap_model_destroy(&m);
@@ -153,11 +210,11 @@ static void s_batch16_and_new_weights(void) {
         int n = 0;
         for (int i = 0; i < S; i++) /* prefill P tokens each: 48 rows, the sgemm path */
             for (int t = 0; t < P; t++) slots[n] = i, rows[n++] = tok[i * T + t];
-        AP_CHECK(ap_kv_forward(kv, lg, slots, rows, n) == 0, "prefill: %s", ap_errmsg());
+        AP_CHECK(ap_kv_forward(kv, lg, slots, rows, NULL, n) == 0, "prefill: %s", ap_errmsg());
         double worst = 0;
         for (int t = P; t < T; t++) { /* then 16-row decode steps: the packed path */
             for (int i = 0; i < S; i++) slots[i] = i, rows[i] = tok[i * T + t];
-            AP_CHECK(ap_kv_forward(kv, lg, slots, rows, S) == 0, "decode: %s", ap_errmsg());
+            AP_CHECK(ap_kv_forward(kv, lg, slots, rows, NULL, S) == 0, "decode: %s", ap_errmsg());
             for (int i = 0; i < S; i++)
                 worst = fmax(worst, s_cmp_rows(lg + (size_t)i * V, full + ((size_t)i * T + t) * V, V,
                                                round ? "after new weights" : "batch 16", i, t));
@@ -262,6 +319,7 @@ static void s_generate(int tied) {
 int main(void) {
     s_mixed(0);
     s_mixed(1);
+    s_copy_and_want();
     s_long_prefill();
     s_batch16_and_new_weights();
     s_generate(0);

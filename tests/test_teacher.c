@@ -4,7 +4,9 @@
  * log-softmax at tau, and the top-K by a full sort (descending, ties to the lower id). Cases:
  * external top-K (one pass, and packed into many small passes), external full, self-teacher after
  * the privileged context (h = 0 trajectories not present, their positions 0), reference
- * (sampled-token only), several groups and kinds in one call, a trajectory longer than the
+ * (sampled-token only), each through a scorer that shares equal prefixes and one that does not;
+ * prefixes shared across groups and within a group (positions computed counted), several groups
+ * and kinds in one call, a trajectory longer than the
  * model's positions, simulated scores (valid on the wire, distinct ids, descending, mass < 1),
  * and the vocabulary check (library and `apprentice teacher` refusing a mismatched tokenizer). */
 #include <math.h>
@@ -163,28 +165,67 @@ static void test_scoring(void) {
         {"self full (passes of 20 tok)", {AP_TEACHER_SELF, V, 1, 0.5f, 1.0f}, 20},
         {"reference (sampled only)", {AP_TEACHER_REFERENCE, 0, 0, 1.0f, 0.7f}, 4096},
     };
-    for (size_t c = 0; c < AP_COUNT(cases); c++) {
+    ap_teacher_scorer_t *shared = ap_teacher_scorer_new(m, 1), *alone = ap_teacher_scorer_new(m, 0);
+    for (size_t c = 0; c < 2 * AP_COUNT(cases); c++) {
+        int share = c < AP_COUNT(cases); /* every case through both scorers */
+        size_t k = c % AP_COUNT(cases);
         const ap_group_t *gs[1] = {g};
-        const ap_teacher_params_t *ps[1] = {&cases[c].p};
+        const ap_teacher_params_t *ps[1] = {&cases[k].p};
         ap_scores_t *s = NULL;
         ap_teacher_score_stats_t st = {0};
-        int rc = ap_teacher_score_many(m, 1, gs, ps, ver, cases[c].budget, &s, &st);
-        AP_CHECK(rc == 0 && s, "%s: %s", cases[c].name, ap_errmsg());
+        char name[96];
+        snprintf(name, sizeof name, "%s%s", cases[k].name, share ? "" : ", prefixes not shared");
+        int rc = ap_teacher_score_many(share ? shared : alone, 1, gs, ps, ver, cases[k].budget, &s, &st);
+        AP_CHECK(rc == 0 && s, "%s: %s", name, ap_errmsg());
         if (!s) continue;
         AP_CHECK(s->group_id == 42 && ap_version_cmp(s->version, ver) == 0, "ids/version");
-        AP_CHECK(ap_msg_scores_match(s, g) == 0, "%s: %s", cases[c].name, ap_errmsg());
-        s_report(cases[c].name, s_compare(m, g, &cases[c].p, s), s, &cases[c].p);
-        if (cases[c].budget == 8)
+        AP_CHECK(ap_msg_scores_match(s, g) == 0, "%s: %s", name, ap_errmsg());
+        s_report(name, s_compare(m, g, &cases[k].p, s), s, &cases[k].p);
+        if (cases[k].budget == 8)
             AP_CHECK(st.passes >= 4, "%ld passes with a budget of 8", st.passes);
-        if (c == 0) /* prompt 6, completions 1 7 3 12 5: inputs 6 12 8 17 10, one pass of 5 x 17 */
-            AP_CHECK(st.passes == 1 && st.input_tokens == 53 && st.padded_tokens == 85 &&
-                         st.tokens == 28,
-                     "stats: %ld passes, %ld input, %ld padded, %ld completion tokens", st.passes,
-                     st.input_tokens, st.padded_tokens, st.tokens);
+        /* prompt 6, completions 1 7 3 12 5: inputs 6 12 8 17 10 = 53; shared: the prompt once,
+         * 6 + 0 + 6 + 2 + 11 + 4 = 29 positions computed */
+        if (k == 0)
+            AP_CHECK(st.passes == 1 && st.input_tokens == 53 &&
+                         st.computed_tokens == (share ? 29 : 53) && st.tokens == 28,
+                     "stats: %ld passes, %ld input, %ld computed, %ld completion tokens", st.passes,
+                     st.input_tokens, st.computed_tokens, st.tokens);
         ap_msg_t msg = {.type = AP_MSG_SCORES, .u.scores = s};
-        AP_CHECK(ap_msg_validate(&msg, NULL) == 0, "%s: not valid on the wire: %s", cases[c].name,
+        AP_CHECK(ap_msg_validate(&msg, NULL) == 0, "%s: not valid on the wire: %s", name,
                  ap_errmsg());
         ap_scores_destroy(&s);
+    }
+    ap_teacher_scorer_destroy(&alone);
+    AP_CHECK(alone == NULL, "destroy NULLs");
+    /* shared prefixes: a second group with the same prompt (one prefill for both), and a group
+     * whose privileged contexts are all the same (the self-teacher's usual case) */
+    {
+        ap_group_t *twin = s_group(&r, 45);
+        memcpy(twin->prompt, g->prompt, (size_t)g->n_prompt * sizeof *g->prompt);
+        int len[5] = {1, 7, 3, 12, 5}, ctx[5] = {0, 9, 9, 0, 9};
+        ap_group_t *same = ap_group_new(5, 6, len, ctx);
+        same->id = 46;
+        memcpy(same->prompt, g->prompt, 6 * sizeof *g->prompt);
+        memcpy(same->tokens, g->tokens, (size_t)g->n_tokens * sizeof *g->tokens);
+        for (int i = 0; i < 5; i++)
+            for (int t = 0; t < ctx[i]; t++)
+                same->ctx_tokens[same->ctx_offset[i] + t] = t == 0 ? 1 : 3 + (t * 7) % (V - 3);
+        const ap_group_t *gs[3] = {g, twin, same};
+        const ap_teacher_params_t *ps[3] = {&cases[0].p, &cases[2].p, &cases[3].p};
+        ap_scores_t *out[3] = {0};
+        ap_teacher_score_stats_t st = {0};
+        AP_CHECK(ap_teacher_score_many(shared, 3, gs, ps, ver, 4096, out, &st) == 0, "%s",
+                 ap_errmsg());
+        const char *names[3] = {"shared prompt: group 1", "shared prompt: group 2 (full)",
+                                "one context for the group"};
+        for (int j = 0; j < 3 && out[j]; j++) {
+            s_report(names[j], s_compare(m, gs[j], ps[j], out[j]), out[j], ps[j]);
+            ap_scores_destroy(&out[j]);
+        }
+        /* the prompt once for 10 trajectories: 6 + 2 x 23; the context once for 3: 9 + 6 + 2 + 4 */
+        AP_CHECK(st.computed_tokens == 6 + 2 * 23 + 9 + 12 && st.passes == 1,
+                 "shared prefixes: %ld positions computed, %ld passes", st.computed_tokens, st.passes);
+        ap_group_destroy(&same), ap_group_destroy(&twin);
     }
     /* several groups and kinds in one call: each as if alone */
     ap_group_t *g2 = s_group(&r, 43), *g3 = s_group(&r, 44);
@@ -192,7 +233,7 @@ static void test_scoring(void) {
     const ap_teacher_params_t *ps[3] = {&cases[0].p, &cases[3].p, &cases[5].p};
     ap_scores_t *out[3] = {0};
     ap_teacher_score_stats_t st = {0};
-    int rc3 = ap_teacher_score_many(m, 3, gs, ps, ver, 64, out, &st);
+    int rc3 = ap_teacher_score_many(shared, 3, gs, ps, ver, 64, out, &st);
     AP_CHECK(rc3 == 0, "%s", ap_errmsg());
     for (int j = 0; j < 3 && rc3 == 0; j++) {
         char name[64];
@@ -200,9 +241,10 @@ static void test_scoring(void) {
         s_report(name, s_compare(m, gs[j], ps[j], out[j]), out[j], ps[j]);
         ap_scores_destroy(&out[j]);
     }
-    printf("3 groups: %ld trajectories scored, %ld skipped (h = 0), %ld passes, padding %.0f%%\n",
+    printf("3 groups: %ld trajectories scored, %ld skipped (h = 0), %ld passes, %.0f%% of the input "
+           "positions shared\n",
            st.sequences, st.skipped, st.passes,
-           100.0 * (1 - (double)st.input_tokens / (double)AP_MAX(1, st.padded_tokens)));
+           100.0 * (1 - (double)st.computed_tokens / (double)AP_MAX(1, st.input_tokens)));
     AP_CHECK(st.skipped == 2 && st.sequences == 13, "stats: %ld skipped %ld scored", st.skipped,
              st.sequences);
     /* too long for the model: not present, counted */
@@ -211,7 +253,9 @@ static void test_scoring(void) {
     const ap_group_t *one[1] = {g};
     const ap_teacher_params_t *pe[1] = {&cases[0].p};
     ap_scores_t *s = NULL;
-    AP_CHECK(ap_teacher_score_many(small, 1, one, pe, ver, 4096, &s, &st2) == 0, "%s", ap_errmsg());
+    ap_teacher_scorer_t *small_sc = ap_teacher_scorer_new(small, 1);
+    AP_CHECK(ap_teacher_score_many(small_sc, 1, one, pe, ver, 4096, &s, &st2) == 0, "%s", ap_errmsg());
+    ap_teacher_scorer_destroy(&small_sc);
     if (s) {
         s_report("max_positions 16 (one too long)", s_compare(small, g, &cases[0].p, s), s,
                  &cases[0].p);
@@ -221,9 +265,10 @@ static void test_scoring(void) {
     /* a forward that fails (token outside the model's V) is an error, not a crash */
     g2->tokens[0] = V + 5;
     const ap_group_t *bad[1] = {g2};
-    AP_CHECK(ap_teacher_score_many(m, 1, bad, pe, ver, 4096, &s, NULL) < 0 && !s,
+    AP_CHECK(ap_teacher_score_many(shared, 1, bad, pe, ver, 4096, &s, NULL) < 0 && !s,
              "a token outside V was scored");
     printf("token outside V refused: %s\n", ap_errmsg());
+    ap_teacher_scorer_destroy(&shared);
     ap_model_destroy(&small);
     ap_group_destroy(&g3), ap_group_destroy(&g2), ap_group_destroy(&g);
     ap_model_destroy(&m);

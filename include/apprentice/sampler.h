@@ -82,10 +82,15 @@ int ap_kv_max_len(const ap_kv_t *kv);
 
 /* Low level: append tokens[r] to slot slots[r] for r in [0, n) (rows of one slot in order;
  * any mix of slots: prefill and one-token decode are the same call), and write the logits of
- * every row to logits [n, V] (NULL: none computed). Equal, to float tolerance, to
+ * the rows with want[r] != 0 (want NULL: every row), compacted in row order, to logits
+ * [rows wanted, V] (logits NULL: none computed). Equal, to float tolerance, to
  * ap_model_forward's logits at the same positions. 0, or -1 with ap_err when a token is outside
  * [0, V), a slot is out of range, or a slot would exceed max_len (nothing is appended then). */
-int ap_kv_forward(ap_kv_t *kv, float *logits, const int *slots, const int32_t *tokens, int n);
+int ap_kv_forward(ap_kv_t *kv, float *logits, const int *slots, const int32_t *tokens,
+                  const unsigned char *want, int n);
+/* Make slot dst a copy of slot src (every cached position; dst's own are dropped): sequences
+ * that share a prefix compute it once. 0, or -1 with ap_err when a slot is out of range. */
+int ap_kv_copy(ap_kv_t *kv, int dst, int src);
 
 /* Sample S <= max_seqs completions: sequence i continues prompts[i][0..prompt_lens[i]) (at
  * least one token each; clears the cache first) for at most max_new tokens, stopping at EOS

@@ -1,9 +1,10 @@
 /* teacher.h: the teacher role (DESIGN.md "teacher", "Which teachers, which signals", "Tokens and
  * sequences"): it scores completions it did not generate. Two layers:
  *
- * - Scoring, a library of pure functions: ap_teacher_score_many() packs the trajectories of many
- *   groups into right-padded batches of at most `max_batch_tokens` tokens, runs ap_model_forward
- *   on each and returns, for every completion position t of every trajectory, the log-prob of
+ * - Scoring, a library: ap_teacher_score_many() scores the trajectories of many groups in
+ *   passes through a KV cache (a scorer keeps it between calls), each distinct prefix computed
+ *   once per pass (a group's G trajectories share their prompt), and returns, for every
+ *   completion position t of every trajectory, the log-prob of
  *   the sampled token at the sampling temperature tau_s and the top-K ids + log-probs at the
  *   kind's temperature tau (descending), or the full V log-probs. The external teacher and the
  *   reference score a completion after the group's prompt; the self-teacher after each
@@ -74,28 +75,36 @@ int ap_teacher_kind_parse(const char *name);
 /* ---------------------------------------------------------------- scoring */
 
 typedef struct {
-    long sequences;     /* trajectories scored */
-    long tokens;        /* completion positions scored */
-    long skipped;       /* trajectories not scored (present = 0): h = 0 for the self-teacher, an
-                           empty prefix, or prefix + completion longer than max_positions */
-    long too_long;      /* of which: longer than the model's max_positions */
-    long passes;        /* forward passes */
-    long input_tokens;  /* input positions of the scored trajectories (prefix + completion - 1
-                           each): the tokens computed that are not padding */
-    long padded_tokens; /* B x T summed over passes (tokens computed, padding included) */
+    long sequences;       /* trajectories scored */
+    long tokens;          /* completion positions scored */
+    long skipped;         /* trajectories not scored (present = 0): h = 0 for the self-teacher, an
+                             empty prefix, or prefix + completion longer than max_positions */
+    long too_long;        /* of which: longer than the model's max_positions */
+    long passes;          /* passes (each: one prefill of the distinct prefixes, then completions) */
+    long input_tokens;    /* input positions of the scored trajectories (prefix + completion - 1
+                             each) */
+    long computed_tokens; /* positions the passes computed: shared prefixes once, no padding */
 } ap_teacher_score_stats_t;
+
+/* A scorer: a model (borrowed, outlives it) and the KV cache its passes reuse, sized on demand
+ * (at most 64 sequences of the longest length seen so far). share_prefix 0 computes every
+ * trajectory's prefix itself (benchmarks compare). It computes with the model's current weights
+ * (after ap_model_set_blob, the next call uses the new ones). */
+typedef struct ap_teacher_scorer ap_teacher_scorer_t;
+ap_teacher_scorer_t *ap_teacher_scorer_new(const ap_model_t *m, int share_prefix);
+void ap_teacher_scorer_destroy(ap_teacher_scorer_t **sc);
 
 /* Score n groups: out[j] (new, caller destroys) answers groups[j] with params[j] (one params
  * for all when params[j] is params[0]: pass an array of n pointers). Trajectories of all groups
- * are packed, longest first, into right-padded batches with B x T <= max_batch_tokens (a longer
- * sequence goes alone). Every score carries `version`, group_id = the group's id, request_id 0.
- * stats (may be NULL) is ADDED to. 0, or -1 with ap_err (a forward failed: token ids outside the
+ * go through passes of at most 64 sequences computing at most max_batch_tokens positions (a
+ * longer sequence goes alone). Every score carries `version`, group_id = the group's id,
+ * request_id 0. stats (may be NULL) is ADDED to. 0, or -1 with ap_err (token ids outside the
  * model's V; out[] are then all NULL). */
-int ap_teacher_score_many(ap_model_t *m, int n, const ap_group_t *const *groups,
+int ap_teacher_score_many(ap_teacher_scorer_t *sc, int n, const ap_group_t *const *groups,
                           const ap_teacher_params_t *const *params, ap_version_t version,
                           int max_batch_tokens, ap_scores_t **out, ap_teacher_score_stats_t *stats);
-/* One group, one pass per trajectory batch of up to 4096 tokens. NULL + ap_err on failure. */
-ap_scores_t *ap_teacher_score(ap_model_t *m, const ap_group_t *g, const ap_teacher_params_t *p,
+/* One group through a scorer of its own, passes of up to 4096 tokens. NULL + ap_err on failure. */
+ap_scores_t *ap_teacher_score(const ap_model_t *m, const ap_group_t *g, const ap_teacher_params_t *p,
                               ap_version_t version);
 /* Random but valid scores of the right shape for g (no model): sampled log-probs in (-5, 0],
  * K distinct ids with descending log-probs whose probabilities sum below 1, or a normalized
