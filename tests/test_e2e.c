@@ -319,6 +319,8 @@ static void s_sigterm_resume(void) {
     for (int i = 0; i < m.n; i++) {
         json_t *r = m.rec[i];
         if (strcmp(s_role(r), "learner") || !s_val(r, "loss/total")) continue;
+        json_t *skipped = s_val(r, "learner/skipped"); /* a skipped batch's record: no step taken */
+        if (json_is_number(skipped) && json_number_value(skipped) > 0) continue;
         double gen = json_number_value(s_val(r, "learner/version_gen"));
         if (gen >= 2 && !seen_gen2) {
             seen_gen2 = 1;
