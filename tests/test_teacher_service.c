@@ -223,7 +223,10 @@ static void test_external(ap_net_t *net, struct ev_loop *loop) {
     printf("  7 requests (capacity 3, passes of 48 tokens): %d answers, largest difference from a "
            "direct scoring %.2e; %d heartbeats\n",
            f.n_scores, worst, f.heartbeats);
-    AP_CHECK(worst < 1e-5 && ids_ok, "answers differ: %g", worst);
+    /* the service's passes group rows differently from a group scored alone (other GEMM shapes,
+     * the packed product below 17 rows): float32 logits differ by ~1e-6 of their scale, and a
+     * log-prob at tau_s 0.8 by up to 2 dz / tau (test_teacher derives the same bound) */
+    AP_CHECK(worst < 5e-5 && ids_ok, "answers differ: %g", worst);
     AP_CHECK(f.heartbeats >= 2, "heartbeats %d", f.heartbeats);
     /* a request for another kind: dropped, counted */
     fb_request(&f, 2000, gs[0], AP_TEACHER_SELF, 5, 0, 1.0f);
@@ -331,7 +334,7 @@ static void test_follow(ap_net_t *net, struct ev_loop *loop) {
     printf("  version 1:3: stamped %d, difference %.2e; version 1:4: stamped %d, difference %.2e; "
            "h = 0 absent %d\n",
            v1, d1, v2, d2, absent_ok);
-    AP_CHECK(v1 && v2 && d1 < 1e-5 && d2 < 1e-5 && absent_ok, "weights following");
+    AP_CHECK(v1 && v2 && d1 < 5e-5 && d2 < 5e-5 && absent_ok, "weights following");
     ap_teacher_destroy(&t);
     ap_group_destroy(&g);
     for (int i = 0; i < f.n_scores; i++)
