@@ -33,7 +33,6 @@
  * S_PASS_SEQS / G of them in one ap_generate pass (distinct prompts, G completions each), so a
  * group of one trajectory is not a batch of one. */
 #define S_PASS_SEQS 32
-#define S_MAX_PASS_GROUPS 32
 
 static const char *s_mode_names[3] = {"student", "dataset", "eval"};
 
@@ -207,7 +206,7 @@ ap_actor_t *ap_actor_new(const ap_actor_opts_t *o) {
     a->sp.top_k = cfg->sampling.top_k;
     a->sp.top_p = (float)cfg->sampling.top_p;
     a->G = o->mode == AP_ACTOR_DATASET && !a->teacher_source ? 1 : cfg->sampling.group_size;
-    a->k_max = AP_MIN(S_MAX_PASS_GROUPS, AP_MAX(1, S_PASS_SEQS / a->G));
+    a->k_max = AP_MAX(1, S_PASS_SEQS / a->G); /* <= S_PASS_SEQS */
 
     if (!(a->task = ap_task_new(&cfg->task))) goto fail;
     if (!(a->tok = s_vocab(a))) goto fail;
@@ -548,7 +547,8 @@ static int s_make_groups(ap_actor_t *a, int k, ap_group_t **groups) {
             made = -1;
         }
     } else {
-        made = s_student_groups(a, AP_MIN(k, a->k_max), groups) == 0 ? AP_MIN(k, a->k_max) : -1;
+        k = AP_MIN(k, a->k_max);
+        made = s_student_groups(a, k, groups) == 0 ? k : -1;
     }
     double dt = ap_now() - t0;
     a->st.busy_s += dt;
@@ -713,7 +713,7 @@ static int s_run_groups(ap_actor_t *a) {
         }
         s_idle(a, t0);
         int k = AP_MAX(1, AP_MIN(ap_actor_link_available(a->link), a->k_max));
-        ap_group_t *groups[S_MAX_PASS_GROUPS];
+        ap_group_t *groups[S_PASS_SEQS];
         int made = s_make_groups(a, k, groups);
         if (made < 0) {
             rc = -1;

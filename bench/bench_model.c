@@ -50,7 +50,6 @@ static double s_matmul_params(const ap_model_config_t *c) {
     return c->tie_embeddings ? n : n + (double)c->vocab_size * D;
 }
 
-
 typedef struct {
     const s_cfg_t *cfg; /* NULL: the whole matrix */
     int batch, seq, threads, warmup, reps;

@@ -22,7 +22,6 @@
 #include "apprentice/weights.h"
 #include "bench/bench.h"
 
-
 /* ---------------------------------------------------------------- 1. bytes per scored token */
 
 static json_t *s_scores_json(const ap_scores_t *s) {

@@ -4,8 +4,8 @@
  *                once per pass, its KV cache copied to the trajectories that share it)
  *   kv_unshared  the same scorer computing every trajectory's prompt itself
  *   full_forward the scorer before the KV cache: one right-padded ap_model_forward over the
- *                batch (prompt + completion[0 .. L-1) per row, longest first; the signals are
- *                not extracted, so this is a lower bound of its cost)
+ *                batch (prompt + completion[0 .. L-1) per row; the signals are not extracted,
+ *                so this is a lower bound of its cost)
  * The default model has the shape of the experiments' teacher (D 256, F 704, L 4, H 8, V 24,
  * random weights) or is loaded with --model DIR; the default batch is what the learner asks of
  * it in configs/gkd-1.yaml: 4 groups of G = 8, prompt 9 tokens, completions of 4 or 5 tokens.
@@ -55,7 +55,8 @@ static ap_group_t **s_groups(const s_opts_t *o, int V, ap_rng_t *r) {
     return gs;
 }
 
-/* The old scorer's compute: one padded forward of every trajectory (longest first). */
+/* The old scorer's compute: one padded forward of every trajectory. Returns the positions
+ * computed (B x T), or -1. */
 static int s_full_forward(ap_model_t *m, ap_group_t **gs, int n, int32_t *tok, int *lens) {
     int B = 0, T = 0;
     for (int j = 0; j < n; j++)

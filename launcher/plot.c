@@ -64,12 +64,12 @@ typedef struct {
     int n, cap;
 } s_series_list_t;
 
-/* Write s as a gnuplot single-quoted string ('' stands for one quote inside). */
 /* Line colours, distinct for up to 12 lines of a panel (then dashed). */
 static const char *const s_colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
                                        "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                                        "#bcbd22", "#17becf", "#000000", "#f2b701"};
 
+/* Write s as a gnuplot single-quoted string ('' stands for one quote inside). */
 static void s_gp_quote(FILE *f, const char *s) {
     fputc('\'', f);
     for (; *s; s++) {

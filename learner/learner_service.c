@@ -498,7 +498,8 @@ static int s_copy_chunks(s_io_t *io, s_slot_t *s) {
  * after every wake-up: between the broadcast that staged s and this thread retaking mu, the
  * compute thread may already have put the next version into s (COPYING again, chunks unclaimed),
  * and then waits for it to be published: only copying here can stage it (a plain wait on
- * "COPYING" deadlocked both threads at the final publication, seen once in ~40 end-to-end runs). */
+ * "COPYING" deadlocked both threads at the final publication: a learner left hanging after an
+ * end-to-end test). */
 static void s_stage(s_io_t *io, s_slot_t *s) {
     while (s->state == S_SLOT_COPYING && !io->dead) {
         if (atomic_load(&s->next) >= s->n_chunks) { /* all claimed: the other thread finishes */
@@ -533,8 +534,8 @@ static int s_publish_wait(s_io_t *io) {
     int busy;
     while ((busy = s_pending(io) || s_slot_in(io, S_SLOT_PUBLISHING)) && !io->dead) {
         s_slot_t *c = s_slot_in(io, S_SLOT_COPYING);
-        if (c && atomic_load(&c->next) < c->n_chunks)
-            s_stage(io, c); /* copy rather than wait */
+        if (c)
+            s_stage(io, c); /* copies rather than waits while chunks are unclaimed */
         else
             pthread_cond_wait(&io->cv, &io->mu);
     }

@@ -180,9 +180,10 @@ static int s_reserve(ap_teacher_scorer_t *sc, int len, int max_batch_tokens) {
 }
 
 typedef struct {
-    int j, i;             /* group, trajectory */
-    int P, L;             /* prefix and completion lengths */
-    const int32_t *pre;   /* the prefix */
+    int j, i;           /* group, trajectory */
+    int P, L;           /* prefix and completion lengths */
+    const int32_t *pre; /* the prefix */
+    int shared;         /* the same prefix as the sequence before it (sorted, share mode) */
 } s_seq_t;
 
 /* Equal prefixes next to each other (by length, then tokens), then group and trajectory. */
@@ -209,38 +210,51 @@ static const int32_t *s_prefix(const ap_group_t *g, int i, ap_teacher_kind_t kin
     return g->prompt;
 }
 
-/* Scratch of one pass. */
+/* What one ap_teacher_score_many call reads and writes. */
 typedef struct {
-    int *slot, *row_q, *row_t;  /* [rows]: KV slot, sequence (index into the pass), position t */
+    const ap_group_t *const *groups;
+    const ap_teacher_params_t *const *params;
+    ap_scores_t **out;
+    int32_t *scratch; /* [V]: top-K ids of a signal that keeps none */
+    int V;
+} s_call_t;
+
+/* Scratch of one pass: rows fed to the cache (slot = the sequence's index in the pass). */
+typedef struct {
+    int *slot, *row_t; /* [rows]: KV slot, and the completion position a row's logits score */
     int32_t *tok;
     unsigned char *want;
-    int *src, *first;           /* [slots]: slot whose prefix a sequence copies; its logits row */
-    float *first_lg, *lg;       /* [slots, V] last-prefix logits; [S_ROWS, V] */
+    int *src, *first;     /* [slots]: slot whose prefix a sequence copies; its logits row */
+    float *first_lg, *lg; /* [slots, V] last-prefix logits; [S_ROWS, V] */
 } s_pass_t;
 
 /* Score position t of sequence q from logits z. */
-static void s_score(const s_seq_t *q, int t, const float *z, int V, const ap_group_t *const *groups,
-                    const ap_teacher_params_t *const *params, ap_scores_t **out, int32_t *scratch) {
-    const ap_group_t *g = groups[q->j];
-    ap_scores_t *s = out[q->j];
+static void s_score(const s_call_t *c, const s_seq_t *q, int t, const float *z) {
+    const ap_group_t *g = c->groups[q->j];
+    ap_scores_t *s = c->out[q->j];
     int pos = g->offset[q->i] + t;
-    s_position(z, V, g->tokens[pos], params[q->j], &s->sampled[pos],
-               s->ids ? s->ids + (size_t)pos * s->K : NULL, s->logprobs + (size_t)pos * s->K, scratch);
+    s_position(z, c->V, g->tokens[pos], c->params[q->j], &s->sampled[pos],
+               s->ids ? s->ids + (size_t)pos * s->K : NULL, s->logprobs + (size_t)pos * s->K,
+               c->scratch);
+}
+
+/* Feed the `rows` completion rows gathered in w and score each. 0, or -1 with ap_err. */
+static int s_feed(ap_kv_t *kv, s_pass_t *w, int rows, const s_seq_t *seqs, const s_call_t *c) {
+    if (ap_kv_forward(kv, w->lg, w->slot, w->tok, NULL, rows) < 0) return -1;
+    for (int r = 0; r < rows; r++)
+        s_score(c, &seqs[w->slot[r]], w->row_t[r], w->lg + (size_t)r * c->V);
+    return 0;
 }
 
 /* One pass over seqs[0, n): each distinct prefix prefilled once (logits of its last row: they
  * score completion token 0), copied to the slots of the other sequences that share it, then
  * every sequence's completion[0 .. L-1) fed in slices of S_ROWS rows (row t scores token t + 1).
  * Returns the rows computed, or -1 with ap_err. */
-static long s_pass(ap_teacher_scorer_t *sc, const s_seq_t *seqs, int n, s_pass_t *w,
-                   const ap_group_t *const *groups, const ap_teacher_params_t *const *params,
-                   ap_scores_t **out, int32_t *scratch) {
-    ap_kv_t *kv = sc->kv;
-    const int V = ap_model_config(sc->m)->vocab_size;
+static long s_pass(ap_kv_t *kv, const s_seq_t *seqs, int n, s_pass_t *w, const s_call_t *c) {
     ap_kv_clear(kv);
     int rows = 0, nf = 0;
     for (int k = 0; k < n; k++) {
-        if (k > 0 && sc->share && s_same_prefix(&seqs[k], &seqs[k - 1])) {
+        if (k > 0 && seqs[k].shared) {
             w->src[k] = w->src[k - 1], w->first[k] = w->first[k - 1];
             continue;
         }
@@ -252,31 +266,21 @@ static long s_pass(ap_teacher_scorer_t *sc, const s_seq_t *seqs, int n, s_pass_t
     long computed = rows;
     for (int k = 0; k < n; k++) {
         if (w->src[k] != k && ap_kv_copy(kv, k, w->src[k]) < 0) return -1;
-        s_score(&seqs[k], 0, w->first_lg + (size_t)w->first[k] * V, V, groups, params, out, scratch);
+        s_score(c, &seqs[k], 0, w->first_lg + (size_t)w->first[k] * c->V);
     }
     rows = 0;
-    for (int k = 0; k <= n; k++) { /* completion rows, flushed S_ROWS at a time */
-        const s_seq_t *q = k < n ? &seqs[k] : NULL;
-        for (int t = 0; q && t < q->L - 1; t++) {
-            const ap_group_t *g = groups[q->j];
-            w->slot[rows] = k, w->row_q[rows] = k, w->row_t[rows] = t + 1;
-            w->tok[rows++] = g->tokens[g->offset[q->i] + t];
+    for (int k = 0; k < n; k++) { /* completion rows, fed S_ROWS at a time */
+        const ap_group_t *g = c->groups[seqs[k].j];
+        for (int t = 0; t < seqs[k].L - 1; t++) {
+            w->slot[rows] = k, w->row_t[rows] = t + 1;
+            w->tok[rows++] = g->tokens[g->offset[seqs[k].i] + t];
             if (rows < S_ROWS) continue;
-            if (ap_kv_forward(kv, w->lg, w->slot, w->tok, NULL, rows) < 0) return -1;
-            for (int r = 0; r < rows; r++)
-                s_score(&seqs[w->row_q[r]], w->row_t[r], w->lg + (size_t)r * V, V, groups, params,
-                        out, scratch);
+            if (s_feed(kv, w, rows, seqs, c) < 0) return -1;
             computed += rows, rows = 0;
         }
-        if (!q && rows > 0) {
-            if (ap_kv_forward(kv, w->lg, w->slot, w->tok, NULL, rows) < 0) return -1;
-            for (int r = 0; r < rows; r++)
-                s_score(&seqs[w->row_q[r]], w->row_t[r], w->lg + (size_t)r * V, V, groups, params,
-                        out, scratch);
-            computed += rows;
-        }
     }
-    return computed;
+    if (rows > 0 && s_feed(kv, w, rows, seqs, c) < 0) return -1;
+    return computed + rows;
 }
 
 int ap_teacher_score_many(ap_teacher_scorer_t *sc, int n, const ap_group_t *const *groups,
@@ -338,13 +342,16 @@ int ap_teacher_score_many(ap_teacher_scorer_t *sc, int n, const ap_group_t *cons
             max_P = AP_MAX(max_P, P);
         }
     }
-    if (sc->share) qsort(seqs, (size_t)ns, sizeof *seqs, s_cmp_seq);
+    if (sc->share) {
+        qsort(seqs, (size_t)ns, sizeof *seqs, s_cmp_seq);
+        for (int k = 1; k < ns; k++)
+            seqs[k].shared = s_same_prefix(&seqs[k], &seqs[k - 1]);
+    }
     int rc = ns > 0 ? s_reserve(sc, max_n, max_batch_tokens) : 0;
     int S = sc->kv_slots, R = AP_MAX(S * max_P, S_ROWS); /* prefill rows, or a completion slice */
     s_pass_t w = {0};
     if (ns > 0 && rc == 0) {
         w.slot = ap_malloc((size_t)R * sizeof *w.slot);
-        w.row_q = ap_malloc((size_t)S_ROWS * sizeof *w.row_q);
         w.row_t = ap_malloc((size_t)S_ROWS * sizeof *w.row_t);
         w.tok = ap_malloc((size_t)R * sizeof *w.tok);
         w.want = ap_malloc((size_t)R);
@@ -354,17 +361,18 @@ int ap_teacher_score_many(ap_teacher_scorer_t *sc, int n, const ap_group_t *cons
         w.lg = ap_malloc((size_t)S_ROWS * V * sizeof *w.lg);
     }
     int32_t *scratch = ap_malloc((size_t)V * sizeof *scratch);
+    const s_call_t call = {groups, params, out, scratch, V};
     for (int s0 = 0; s0 < ns && rc == 0;) {
         /* a pass: up to S sequences whose rows (shared prefixes once) fit the budget, at least 1 */
         int B = 0;
         long rows = 0;
         while (s0 + B < ns && B < S) {
             const s_seq_t *q = &seqs[s0 + B];
-            long add = q->L - 1 + (B > 0 && sc->share && s_same_prefix(q, q - 1) ? 0 : q->P);
+            long add = q->L - 1 + (B > 0 && q->shared ? 0 : q->P);
             if (B > 0 && rows + add > max_batch_tokens) break;
             rows += add, B++;
         }
-        long computed = s_pass(sc, seqs + s0, B, &w, groups, params, out, scratch);
+        long computed = s_pass(sc->kv, seqs + s0, B, &w, &call);
         if (computed < 0) {
             rc = ap_err("teacher scoring: %s", ap_errmsg());
             break;
@@ -378,7 +386,7 @@ int ap_teacher_score_many(ap_teacher_scorer_t *sc, int n, const ap_group_t *cons
         }
         s0 += B;
     }
-    free(w.slot), free(w.row_q), free(w.row_t), free(w.tok), free(w.want), free(w.src);
+    free(w.slot), free(w.row_t), free(w.tok), free(w.want), free(w.src);
     free(w.first), free(w.first_lg), free(w.lg);
     free(scratch), free(seqs);
     if (rc < 0) {
